@@ -1,0 +1,463 @@
+//! The Pingora proxy: one struct implementing [`ProxyHttp`], per-request state in
+//! [`RequestCtx`]. Each phase's doc comment says what it decides.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::protocols::http::error_resp;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{ErrorSource, ErrorType};
+
+use crate::config::Settings;
+use crate::logging::Redactor;
+use crate::path::{Access, normalize};
+use crate::token::{self, Location};
+use crate::verify::{self, AuthError, ErrorCode, Rules};
+
+/// Query parameters that make a request part of an Engine.IO session: a public path
+/// requested with any of them is protected like any other.
+const ENGINE_IO_PARAMS: [&str; 3] = ["eio", "transport", "sid"];
+
+/// Counts requests in flight (including upgraded WebSockets), so that shutdown can
+/// finish as soon as the last one is done instead of always waiting the full grace.
+#[derive(Debug, Default, Clone)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    /// Requests currently in flight.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn enter(&self) -> InFlightGuard {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        InFlightGuard(self.0.clone())
+    }
+}
+
+/// Decrements the in-flight count when the request context is dropped.
+#[derive(Debug)]
+pub struct InFlightGuard(Arc<AtomicUsize>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What happened to a request, for logging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not decided yet (the request failed before `request_filter` finished).
+    Undecided,
+    /// Outside the protected paths, or a public path: passed through.
+    Public,
+    /// Valid token: forwarded with the identity headers.
+    Allowed,
+    /// Refused with `401`.
+    Rejected(ErrorCode),
+    /// Refused with `400` (a path that cannot be normalized safely).
+    BadRequest,
+}
+
+/// Per-request state.
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// Decision taken in `request_filter`.
+    pub outcome: Outcome,
+    /// When an upgraded connection must be closed (`exp + leeway`), seconds since the epoch.
+    pub close_at: Option<f64>,
+    /// Whether the upstream could not be reached.
+    pub upstream_failed: bool,
+    _in_flight: InFlightGuard,
+}
+
+/// The gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    settings: Arc<Settings>,
+    rules: Rules,
+    redactor: Arc<Redactor>,
+    in_flight: InFlight,
+    /// Pre-rendered `WWW-Authenticate` for a missing token.
+    challenge: &'static str,
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn split_target(target: &[u8]) -> (&[u8], Option<&[u8]>) {
+    match target.iter().position(|b| *b == b'?') {
+        Some(i) => (&target[..i], Some(&target[i + 1..])),
+        None => (target, None),
+    }
+}
+
+fn join_target(path: &[u8], query: Option<&[u8]>) -> Vec<u8> {
+    let mut t = Vec::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+    t.extend_from_slice(path);
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        t.push(b'?');
+        t.extend_from_slice(q);
+    }
+    t
+}
+
+impl Gateway {
+    /// A gateway for these settings.
+    pub fn new(settings: Arc<Settings>, redactor: Arc<Redactor>, in_flight: InFlight) -> Self {
+        Gateway {
+            rules: Rules::new(&settings),
+            settings,
+            redactor,
+            in_flight,
+            challenge: "Bearer realm=\"socket.io\"",
+        }
+    }
+
+    /// A public path is exempt only for a plain asset fetch, never for Engine.IO traffic.
+    fn is_public_fetch(&self, session: &Session, path: &[u8], query: Option<&[u8]>) -> bool {
+        let req = session.req_header();
+        if !(req.method == http::Method::GET || req.method == http::Method::HEAD)
+            || req.headers.contains_key(header::UPGRADE)
+            || !self.settings.paths.is_public(path)
+        {
+            return false;
+        }
+        let engine_io = query.is_some_and(|q| {
+            token::query_pairs(q).any(|(_, name, _)| {
+                ENGINE_IO_PARAMS
+                    .iter()
+                    .any(|p| name.eq_ignore_ascii_case(p.as_bytes()))
+            })
+        });
+        !engine_io
+    }
+
+    /// Writes a JSON error response with CORS headers, the connection is then closed.
+    async fn respond_json(
+        &self,
+        session: &mut Session,
+        status: u16,
+        extra: Option<(http::HeaderName, String)>,
+        code: &str,
+        message: &str,
+    ) -> Result<()> {
+        let body =
+            Bytes::from(serde_json::json!({ "error": code, "message": message }).to_string());
+        let mut resp = ResponseHeader::build(status, Some(8))?;
+        resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+        resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+        if let Some((name, value)) = extra {
+            resp.insert_header(name, value)?;
+        }
+        if let Some(origin) = session.req_header().headers.get(header::ORIGIN).cloned() {
+            resp.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin)?;
+            resp.insert_header(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")?;
+            resp.insert_header(header::VARY, "Origin")?;
+        }
+        session.write_error_response(resp, body).await
+    }
+
+    /// Answers a failed authentication (SPEC item 5) without contacting the upstream.
+    async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        err: &AuthError,
+    ) -> Result<bool> {
+        ctx.outcome = Outcome::Rejected(err.code);
+        let challenge = if err.code == ErrorCode::MissingToken {
+            self.challenge.to_string()
+        } else {
+            format!(
+                "{}, error=\"invalid_token\", error_description=\"{}\"",
+                self.challenge, err.reason
+            )
+        };
+        self.respond_json(
+            session,
+            401,
+            Some((header::WWW_AUTHENTICATE, challenge)),
+            err.code.as_str(),
+            &err.reason,
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Closes an upgraded connection whose token has expired (`close_on_expiry`).
+    fn check_expiry(&self, session: &Session, ctx: &RequestCtx) -> Result<()> {
+        match ctx.close_at {
+            Some(at) if session.was_upgraded() && now_secs() >= at => Error::e_explain(
+                ErrorType::Custom("token_expired"),
+                "the token of this WebSocket has expired",
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// The request line with tokens redacted, for logs.
+    fn summary(&self, session: &Session) -> String {
+        let req = session.req_header();
+        let target = String::from_utf8_lossy(req.raw_path());
+        format!("{} {}", req.method, self.redactor.redact(&target))
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx {
+            outcome: Outcome::Undecided,
+            close_at: None,
+            upstream_failed: false,
+            _in_flight: self.in_flight.enter(),
+        }
+    }
+
+    /// Decides whether the request may go upstream: strips client-sent identity headers,
+    /// normalizes the path, and for protected paths verifies the token, sets the identity
+    /// headers and strips the token. Rejections are written here (`Ok(true)`).
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        for name in self.settings.identity_headers() {
+            session.req_header_mut().remove_header(name);
+        }
+
+        let target = session.req_header().raw_path().to_vec();
+        let (raw_path, query) = split_target(&target);
+        let path = match normalize(raw_path) {
+            Ok(p) => p,
+            Err(e) => {
+                ctx.outcome = Outcome::BadRequest;
+                self.respond_json(session, 400, None, "bad_request", &e.to_string())
+                    .await?;
+                return Ok(true);
+            }
+        };
+        let access = match self.settings.paths.access(&path) {
+            Ok(a) => a,
+            Err(e) => {
+                ctx.outcome = Outcome::BadRequest;
+                self.respond_json(session, 400, None, "bad_request", &e.to_string())
+                    .await?;
+                return Ok(true);
+            }
+        };
+        let path_changed = *path != *raw_path;
+
+        if access == Access::Open || self.is_public_fetch(session, &path, query) {
+            ctx.outcome = Outcome::Public;
+            if path_changed {
+                session
+                    .req_header_mut()
+                    .set_raw_path(&join_target(&path, query))?;
+            }
+            return Ok(false);
+        }
+
+        let req = session.req_header();
+        let found = match token::extract(
+            &self.settings.token_sources,
+            &req.headers,
+            query.unwrap_or_default(),
+        ) {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                let err = AuthError::new(ErrorCode::MissingToken, "no token was presented");
+                return self.reject(session, ctx, &err).await;
+            }
+            Err(e) => {
+                let err = AuthError::new(
+                    ErrorCode::MalformedToken,
+                    match e {
+                        token::ExtractError::Duplicate => "the token was given more than once",
+                        token::ExtractError::NotText => "the token is not valid text",
+                    },
+                );
+                return self.reject(session, ctx, &err).await;
+            }
+        };
+        let keys = self.settings.keys.current();
+        let verified = match verify::verify(&self.rules, &keys, &found.token, now_secs()) {
+            Ok(v) => v,
+            Err(err) => return self.reject(session, ctx, &err).await,
+        };
+        let location = found.location;
+
+        ctx.outcome = Outcome::Allowed;
+        if self.settings.close_on_expiry {
+            ctx.close_at = verified.exp.map(|exp| exp + self.rules.leeway);
+        }
+        let req = session.req_header_mut();
+        req.insert_header(self.settings.user_header.clone(), verified.user)?;
+        for (name, value) in verified.forwarded {
+            req.insert_header(name, value)?;
+        }
+        let mut new_query = None;
+        if self.settings.strip_token {
+            match location {
+                Location::Query(range) => {
+                    new_query = Some(token::strip_query(query.unwrap_or_default(), range));
+                }
+                Location::Authorization => {
+                    req.remove_header(&header::AUTHORIZATION);
+                }
+                Location::Header(name) => {
+                    req.remove_header(&name);
+                }
+                Location::Cookie(name) => {
+                    let kept = req
+                        .headers
+                        .get_all(header::COOKIE)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .filter_map(|v| token::strip_cookie(v, &name))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    req.remove_header(&header::COOKIE);
+                    if !kept.is_empty() {
+                        req.insert_header(header::COOKIE, kept)?;
+                    }
+                }
+            }
+        }
+        if path_changed || new_query.is_some() {
+            let q = new_query.as_deref().or(query);
+            req.set_raw_path(&join_target(&path, q))?;
+        }
+        Ok(false)
+    }
+
+    /// The one upstream server, with the configured connect timeout.
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        let addr: SocketAddr = self.settings.upstream[0];
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(self.settings.connect_timeout);
+        peer.options.total_connection_timeout = Some(self.settings.connect_timeout);
+        Ok(Box::new(peer))
+    }
+
+    /// Client-to-upstream bytes (on an upgraded WebSocket: every frame the client sends):
+    /// closes the connection once the token has expired.
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        self.check_expiry(session, ctx)
+    }
+
+    /// Upstream-to-client bytes (socket.io pings arrive at least once per ping interval):
+    /// closes the connection once the token has expired.
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<Duration>> {
+        self.check_expiry(session, ctx)?;
+        Ok(None)
+    }
+
+    /// Upstream unreachable or timing out: `502`/`504` with a JSON body (SPEC item 8).
+    /// The expiry close of an upgraded connection writes nothing (the 101 is out).
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
+        let upstream = e.esource() == &ErrorSource::Upstream;
+        let code = match e.etype() {
+            ErrorType::Custom("token_expired") => 0,
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if upstream =>
+            {
+                504
+            }
+            _ if upstream => 502,
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => 0,
+            _ if e.esource() == &ErrorSource::Downstream => 400,
+            _ => 500,
+        };
+        if code == 502 || code == 504 {
+            ctx.upstream_failed = true;
+            let message = if code == 504 {
+                "the upstream server did not answer in time"
+            } else {
+                "the upstream server is not reachable"
+            };
+            if let Err(err) = self
+                .respond_json(session, code, None, "upstream_unavailable", message)
+                .await
+            {
+                tracing::debug!("could not send the {code} response: {err}");
+            }
+        } else if code > 0 {
+            let resp = error_resp::gen_error_response(code);
+            let _ = session.write_error_response(resp, Bytes::new()).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// One line per request: rejections at `info` (reason, client, redacted path),
+    /// everything else at `debug`.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        let client = session
+            .client_addr()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        match ctx.outcome {
+            Outcome::Rejected(code) => tracing::info!(
+                reason = code.as_str(),
+                client = %client,
+                request = %self.summary(session),
+                "rejected"
+            ),
+            Outcome::BadRequest => tracing::info!(
+                client = %client,
+                request = %self.summary(session),
+                "bad request path"
+            ),
+            outcome => tracing::debug!(
+                ?outcome,
+                client = %client,
+                request = %self.summary(session),
+                status = session.response_written().map_or(0, |r| r.status.as_u16()),
+                error = e.map(|e| e.etype().as_str()),
+                upstream_failed = ctx.upstream_failed,
+                "done"
+            ),
+        }
+    }
+
+    /// Pingora's error log line names the request: with tokens redacted.
+    fn request_summary(&self, session: &Session, _ctx: &Self::CTX) -> String {
+        self.summary(session)
+    }
+}

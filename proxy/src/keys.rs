@@ -1,0 +1,471 @@
+//! Verification keys: loading them from the one configured source, pinning each key to
+//! the algorithms its type can verify, and re-reading a `jwks_file` when it changes.
+//!
+//! The `alg` of a token never chooses the key type: every key carries the list of
+//! algorithms it may verify (its family ∩ `auth.algorithms` ∩ a JWK's own `alg`), and a
+//! token whose `alg` is not in that list is refused before any signature check. That is
+//! what stops algorithm confusion (an HS256 token "signed" with an RSA public key).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
+
+/// Minimum length of an HMAC secret: 256 bits (RFC 8725 §3.5).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Where the keys come from (exactly one per configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// HS*: the secret is the value of this environment variable.
+    SecretEnv(String),
+    /// HS*: the secret is the content of this file.
+    SecretFile(PathBuf),
+    /// RS*/PS*/ES*/EdDSA: a PEM public key.
+    PublicKeyFile(PathBuf),
+    /// A JWK Set on disk, watched for changes.
+    JwksFile(PathBuf),
+}
+
+impl KeySource {
+    /// The config key this source was written under, for error messages.
+    pub fn config_key(&self) -> &'static str {
+        match self {
+            KeySource::SecretEnv(_) => "auth.secret_env",
+            KeySource::SecretFile(_) => "auth.secret_file",
+            KeySource::PublicKeyFile(_) => "auth.public_key_file",
+            KeySource::JwksFile(_) => "auth.jwks_file",
+        }
+    }
+}
+
+/// Parses `auth.algorithms`, refusing `none` and unknown names.
+pub fn parse_algorithms(names: &[String]) -> (Vec<Algorithm>, Vec<String>) {
+    let mut algs = Vec::new();
+    let mut problems = Vec::new();
+    if names.is_empty() {
+        problems.push("at least one algorithm is required".to_string());
+    }
+    for name in names {
+        if name.eq_ignore_ascii_case("none") {
+            problems.push("\"none\" is never accepted: unsigned tokens prove nothing".into());
+        } else {
+            match Algorithm::from_str(name) {
+                Ok(a) if !algs.contains(&a) => algs.push(a),
+                Ok(_) => problems.push(format!("{name} is listed twice")),
+                Err(_) => problems.push(format!(
+                    "unknown algorithm {name:?}; known: HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA"
+                )),
+            }
+        }
+    }
+    (algs, problems)
+}
+
+/// What kind of key material a key is; decides the algorithms it can ever verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// A shared HMAC secret.
+    Hmac,
+    /// An RSA public key.
+    Rsa,
+    /// An EC public key on P-256.
+    EcP256,
+    /// An EC public key on P-384.
+    EcP384,
+    /// An Ed25519 public key.
+    Ed25519,
+}
+
+impl KeyKind {
+    /// The algorithms a key of this kind can verify.
+    pub fn algorithms(self) -> &'static [Algorithm] {
+        use Algorithm::*;
+        match self {
+            KeyKind::Hmac => &[HS256, HS384, HS512],
+            KeyKind::Rsa => &[RS256, RS384, RS512, PS256, PS384, PS512],
+            KeyKind::EcP256 => &[ES256],
+            KeyKind::EcP384 => &[ES384],
+            KeyKind::Ed25519 => &[EdDSA],
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            KeyKind::Hmac => "an HMAC secret",
+            KeyKind::Rsa => "an RSA key",
+            KeyKind::EcP256 => "an EC P-256 key",
+            KeyKind::EcP384 => "an EC P-384 key",
+            KeyKind::Ed25519 => "an Ed25519 key",
+        }
+    }
+}
+
+/// One usable key, pinned to the algorithms it may verify.
+pub struct VerifyKey {
+    /// The JWK `kid`, for JWKS keys.
+    pub kid: Option<String>,
+    /// Algorithms this key accepts: never empty.
+    pub algorithms: Vec<Algorithm>,
+    /// The key itself.
+    pub key: DecodingKey,
+}
+
+impl std::fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material (an HMAC key is the secret itself).
+        f.debug_struct("VerifyKey")
+            .field("kid", &self.kid)
+            .field("algorithms", &self.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why no key could be chosen for a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SelectError {
+    /// The token's `kid` or `alg` matches no key.
+    UnknownKey(String),
+    /// The `kid` names a key whose type does not fit the token's `alg`.
+    WrongFamily(String),
+}
+
+/// An immutable set of keys, swapped whole on reload.
+#[derive(Debug, Default)]
+pub struct KeySet {
+    keys: Vec<VerifyKey>,
+    /// Whether `kid` selects keys (JWKS); a single configured key ignores `kid`.
+    by_kid: bool,
+}
+
+impl KeySet {
+    /// Number of usable keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the set has no key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The keys a token with this `kid` and `alg` may be verified with: the one named by
+    /// `kid`, or without `kid` every key that accepts `alg`.
+    pub fn select<'a>(
+        &'a self,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<Vec<&'a VerifyKey>, SelectError> {
+        if let (true, Some(kid)) = (self.by_kid, kid) {
+            let key = self
+                .keys
+                .iter()
+                .find(|k| k.kid.as_deref() == Some(kid))
+                .ok_or_else(|| SelectError::UnknownKey("no key matches the token kid".into()))?;
+            if !key.algorithms.contains(&alg) {
+                return Err(SelectError::WrongFamily(format!(
+                    "the key named by the token kid does not accept {alg:?}"
+                )));
+            }
+            return Ok(vec![key]);
+        }
+        let keys: Vec<&VerifyKey> = self
+            .keys
+            .iter()
+            .filter(|k| k.algorithms.contains(&alg))
+            .collect();
+        if keys.is_empty() {
+            if self.by_kid {
+                return Err(SelectError::UnknownKey(format!(
+                    "no key accepts {alg:?} tokens"
+                )));
+            }
+            return Err(SelectError::WrongFamily(format!(
+                "the configured key does not accept {alg:?} tokens"
+            )));
+        }
+        Ok(keys)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+        inode: m.ino(),
+    })
+}
+
+/// The live keys: read lock-free on every request, replaced whole when a watched file changes.
+#[derive(Debug)]
+pub struct KeyStore {
+    source: KeySource,
+    allowed: Vec<Algorithm>,
+    current: ArcSwap<KeySet>,
+    /// Last seen state of a watched file; only the reload task touches it.
+    seen: Mutex<Option<FileStamp>>,
+}
+
+impl KeyStore {
+    /// Loads the keys once; the error names the config key at fault.
+    pub fn load(source: KeySource, allowed: &[Algorithm]) -> Result<Self, (String, String)> {
+        let seen = match &source {
+            KeySource::JwksFile(p) => stamp(p),
+            _ => None,
+        };
+        let set = load_set(&source, allowed).map_err(|m| (source.config_key().to_string(), m))?;
+        Ok(KeyStore {
+            source,
+            allowed: allowed.to_vec(),
+            current: ArcSwap::from_pointee(set),
+            seen: Mutex::new(seen),
+        })
+    }
+
+    /// The current key set.
+    pub fn current(&self) -> arc_swap::Guard<Arc<KeySet>> {
+        self.current.load()
+    }
+
+    /// The file to watch, if the source is reloadable.
+    pub fn watched_file(&self) -> Option<&Path> {
+        match &self.source {
+            KeySource::JwksFile(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Re-reads a watched file if it changed since last time (rewritten in place or
+    /// renamed over). A broken file keeps the last good keys. Returns what happened, for
+    /// logging: `None` when nothing changed.
+    pub fn reload_if_changed(&self) -> Option<Result<usize, String>> {
+        let path = self.watched_file()?;
+        let now = stamp(path);
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if *seen == now {
+                return None;
+            }
+            *seen = now;
+        }
+        match load_set(&self.source, &self.allowed) {
+            Ok(set) => {
+                let n = set.len();
+                self.current.store(Arc::new(set));
+                Some(Ok(n))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+fn load_set(source: &KeySource, allowed: &[Algorithm]) -> Result<KeySet, String> {
+    match source {
+        KeySource::SecretEnv(name) => {
+            let value = std::env::var_os(name)
+                .ok_or_else(|| format!("environment variable {name} is not set"))?;
+            let bytes = value.into_encoded_bytes();
+            single(
+                hmac_key(bytes, &format!("environment variable {name}"))?,
+                allowed,
+            )
+        }
+        KeySource::SecretFile(path) => {
+            let mut bytes = read(path)?;
+            if bytes.ends_with(b"\n") {
+                bytes.pop();
+                if bytes.ends_with(b"\r") {
+                    bytes.pop();
+                }
+            }
+            single(hmac_key(bytes, &path.display().to_string())?, allowed)
+        }
+        KeySource::PublicKeyFile(path) => {
+            let pem_bytes = read(path)?;
+            let (kind, key) =
+                pem_key(&pem_bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+            single((kind, key), allowed)
+        }
+        KeySource::JwksFile(path) => {
+            let bytes = read(path)?;
+            let set: JwkSet = serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{}: not a JWK Set: {e}", path.display()))?;
+            let mut keys = Vec::new();
+            for (i, jwk) in set.keys.iter().enumerate() {
+                match jwk_key(jwk, allowed) {
+                    Ok(Some(k)) => keys.push(k),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(
+                        file = %path.display(),
+                        index = i,
+                        kid = jwk.common.key_id.as_deref().unwrap_or("-"),
+                        "skipping JWK: {e}"
+                    ),
+                }
+            }
+            if keys.is_empty() {
+                return Err(format!(
+                    "{}: no key in the set can verify any of auth.algorithms",
+                    path.display()
+                ));
+            }
+            Ok(KeySet { keys, by_kid: true })
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+fn hmac_key(secret: Vec<u8>, what: &str) -> Result<(KeyKind, DecodingKey), String> {
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(format!(
+            "the secret in {what} is {} bytes; at least {MIN_SECRET_BYTES} are required",
+            secret.len()
+        ));
+    }
+    let key = DecodingKey::from_secret(&secret).map_err(|e| format!("unusable secret: {e}"))?;
+    Ok((KeyKind::Hmac, key))
+}
+
+/// A single configured key: every listed algorithm must fit it, so a list like
+/// `["RS256", "HS256"]` with one RSA key is refused instead of half-working.
+fn single((kind, key): (KeyKind, DecodingKey), allowed: &[Algorithm]) -> Result<KeySet, String> {
+    let misfits: Vec<String> = allowed
+        .iter()
+        .filter(|a| !kind.algorithms().contains(a))
+        .map(|a| format!("{a:?}"))
+        .collect();
+    if !misfits.is_empty() {
+        return Err(format!(
+            "{} cannot verify {} (listed in auth.algorithms)",
+            kind.describe(),
+            misfits.join(", ")
+        ));
+    }
+    Ok(KeySet {
+        keys: vec![VerifyKey {
+            kid: None,
+            algorithms: allowed.to_vec(),
+            key,
+        }],
+        by_kid: false,
+    })
+}
+
+const OID_RSA: &[u8] = &[
+    0x06, 0x09, 0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x01,
+];
+const OID_EC: &[u8] = &[0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01];
+const OID_P256: &[u8] = &[0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
+const OID_P384: &[u8] = &[0x06, 0x05, 0x2B, 0x81, 0x04, 0x00, 0x22];
+const OID_ED25519: &[u8] = &[0x06, 0x03, 0x2B, 0x65, 0x70];
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Reads a PEM public key and tells its kind from the algorithm OID it declares.
+fn pem_key(bytes: &[u8]) -> Result<(KeyKind, DecodingKey), String> {
+    let block = pem::parse(bytes).map_err(|e| format!("not a PEM file: {e}"))?;
+    let der = block.contents();
+    let kind = match block.tag() {
+        "RSA PUBLIC KEY" => KeyKind::Rsa,
+        "PUBLIC KEY" => {
+            if contains(der, OID_RSA) {
+                KeyKind::Rsa
+            } else if contains(der, OID_EC) && contains(der, OID_P256) {
+                KeyKind::EcP256
+            } else if contains(der, OID_EC) && contains(der, OID_P384) {
+                KeyKind::EcP384
+            } else if contains(der, OID_ED25519) {
+                KeyKind::Ed25519
+            } else {
+                return Err(
+                    "unsupported public key type (use RSA, EC P-256/P-384 or Ed25519)".into(),
+                );
+            }
+        }
+        other => {
+            return Err(format!(
+                "expected a \"PUBLIC KEY\" PEM block, found {other:?} (never configure a private key here)"
+            ));
+        }
+    };
+    let key = match kind {
+        KeyKind::Rsa => DecodingKey::from_rsa_pem(bytes),
+        KeyKind::EcP256 | KeyKind::EcP384 => DecodingKey::from_ec_pem(bytes),
+        KeyKind::Ed25519 => DecodingKey::from_ed_pem(bytes),
+        KeyKind::Hmac => unreachable!("PEM files never hold HMAC secrets"),
+    }
+    .map_err(|e| format!("cannot read the public key: {e}"))?;
+    Ok((kind, key))
+}
+
+/// Turns one JWK into a pinned key; `Ok(None)` for keys not meant for signatures.
+fn jwk_key(jwk: &Jwk, allowed: &[Algorithm]) -> Result<Option<VerifyKey>, String> {
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+        return Ok(None);
+    }
+    let kind = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => KeyKind::Rsa,
+        AlgorithmParameters::EllipticCurve(p) => match p.curve {
+            EllipticCurve::P256 => KeyKind::EcP256,
+            EllipticCurve::P384 => KeyKind::EcP384,
+            _ => return Err("unsupported curve".into()),
+        },
+        AlgorithmParameters::OctetKeyPair(p) => match p.curve {
+            EllipticCurve::Ed25519 => KeyKind::Ed25519,
+            _ => return Err("unsupported curve".into()),
+        },
+        AlgorithmParameters::OctetKey(_) => KeyKind::Hmac,
+        _ => return Err("unsupported key type".into()),
+    };
+    let declared = match &jwk.common.key_algorithm {
+        Some(ka) => {
+            let name = serde_json::to_value(ka)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            Some(Algorithm::from_str(&name).map_err(|_| format!("unsupported alg {name:?}"))?)
+        }
+        None => None,
+    };
+    let algorithms: Vec<Algorithm> = kind
+        .algorithms()
+        .iter()
+        .copied()
+        .filter(|a| allowed.contains(a) && declared.is_none_or(|d| d == *a))
+        .collect();
+    if algorithms.is_empty() {
+        return Err(format!("{} fits none of auth.algorithms", kind.describe()));
+    }
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("unusable key: {e}"))?;
+    if kind == KeyKind::Hmac {
+        let len = key.try_get_as_bytes().map(<[u8]>::len).unwrap_or(0);
+        if len < MIN_SECRET_BYTES {
+            return Err(format!(
+                "oct key is {len} bytes; at least {MIN_SECRET_BYTES} are required"
+            ));
+        }
+    }
+    Ok(Some(VerifyKey {
+        kid: jwk.common.key_id.clone(),
+        algorithms,
+        key,
+    }))
+}

@@ -1,0 +1,123 @@
+//! Building and running the Pingora server from [`Settings`]: the proxy service, the
+//! `jwks_file` watcher, and the shutdown drain. No YAML file and no Pingora command
+//! line: everything comes from our own config.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{BackgroundService, background_service};
+
+use crate::config::Settings;
+use crate::gateway::{Gateway, InFlight};
+use crate::logging::Redactor;
+
+/// Re-reads a `jwks_file` when it changes (polls its metadata).
+#[derive(Debug)]
+struct KeyWatcher {
+    settings: Arc<Settings>,
+    every: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for KeyWatcher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(self.every);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let file = self
+                .settings
+                .keys
+                .watched_file()
+                .map(|p| p.display().to_string());
+            match self.settings.keys.reload_if_changed() {
+                None => {}
+                Some(Ok(n)) => tracing::info!(file = file.as_deref(), keys = n, "key set reloaded"),
+                Some(Err(e)) => tracing::error!(
+                    file = file.as_deref(),
+                    "key set not reloaded, keeping the last good keys: {e}"
+                ),
+            }
+        }
+    }
+}
+
+/// After SIGTERM, exits as soon as no request or WebSocket is left, or lets Pingora's
+/// grace period (the same `shutdown_grace`) end and close what remains.
+#[derive(Debug)]
+struct Drain {
+    in_flight: InFlight,
+    grace: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for Drain {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+        let deadline = Instant::now() + self.grace;
+        tracing::info!(open = self.in_flight.count(), grace = ?self.grace, "draining");
+        while Instant::now() < deadline {
+            if self.in_flight.count() == 0 {
+                tracing::info!("drained, exiting");
+                std::process::exit(0);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!(
+            open = self.in_flight.count(),
+            "grace period over, closing what is left"
+        );
+    }
+}
+
+/// Pingora's server configuration, built in code.
+pub fn server_conf(settings: &Settings) -> ServerConf {
+    let port = settings.listen.port();
+    ServerConf {
+        threads: settings.threads,
+        grace_period_seconds: Some(settings.shutdown_grace.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(1),
+        pid_file: format!("/tmp/socketio-jwt-gateway-{port}.pid"),
+        upgrade_sock: format!("/tmp/socketio-jwt-gateway-{port}.sock"),
+        ..ServerConf::default()
+    }
+}
+
+/// Runs the gateway until SIGTERM (drain, exit 0) or SIGINT (exit at once).
+pub fn run(settings: Settings, redactor: Redactor) -> ! {
+    let settings = Arc::new(settings);
+    let mut server = Server::new_with_opt_and_conf(None, server_conf(&settings));
+    server.bootstrap();
+
+    let in_flight = InFlight::default();
+    let gateway = Gateway::new(settings.clone(), Arc::new(redactor), in_flight.clone());
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
+    proxy.add_tcp(&settings.listen.to_string());
+    server.add_service(proxy);
+
+    if settings.keys.watched_file().is_some() {
+        server.add_service(background_service(
+            "jwks_file watcher",
+            KeyWatcher {
+                settings: settings.clone(),
+                every: Duration::from_millis(500),
+            },
+        ));
+    }
+    server.add_service(background_service(
+        "shutdown drain",
+        Drain {
+            in_flight,
+            grace: settings.shutdown_grace,
+        },
+    ));
+    tracing::info!(listen = %settings.listen, upstream = ?settings.upstream, "gateway starting");
+    server.run_forever()
+}

@@ -1,0 +1,448 @@
+//! Token verification (SPEC item 4): header, algorithm pinning, key selection,
+//! signature, then the registered claims, each failure mapped to one SPEC error code.
+//!
+//! `jsonwebtoken` does the cryptography; the claim checks are done here so that every
+//! outcome has an exact code (a string `exp` is `malformed_token`, an absent `aud` is
+//! `missing_claim`, ...), fractional NumericDates are honoured, and the leeway keeps
+//! sub-second precision.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::{HeaderName, HeaderValue};
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::keys::{KeySet, SelectError};
+
+/// The error codes of SPEC item 5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// No token in the first present source.
+    MissingToken,
+    /// Not a decodable JWT, or a claim of the wrong type.
+    MalformedToken,
+    /// Over `max_token_bytes`.
+    TokenTooLarge,
+    /// The signature does not verify.
+    InvalidSignature,
+    /// `alg` not allowed, or not fitting the selected key.
+    AlgorithmNotAllowed,
+    /// No key matches `kid` (or `alg`).
+    UnknownKey,
+    /// `exp` + leeway has passed.
+    TokenExpired,
+    /// `nbf` - leeway is still ahead.
+    TokenNotYetValid,
+    /// `iss` differs from `auth.issuer`.
+    InvalidIssuer,
+    /// `aud` does not contain `auth.audience`.
+    InvalidAudience,
+    /// A required claim is absent.
+    MissingClaim,
+}
+
+impl ErrorCode {
+    /// Every code, for metrics and tests.
+    pub const ALL: [ErrorCode; 11] = [
+        ErrorCode::MissingToken,
+        ErrorCode::MalformedToken,
+        ErrorCode::TokenTooLarge,
+        ErrorCode::InvalidSignature,
+        ErrorCode::AlgorithmNotAllowed,
+        ErrorCode::UnknownKey,
+        ErrorCode::TokenExpired,
+        ErrorCode::TokenNotYetValid,
+        ErrorCode::InvalidIssuer,
+        ErrorCode::InvalidAudience,
+        ErrorCode::MissingClaim,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MissingToken => "missing_token",
+            ErrorCode::MalformedToken => "malformed_token",
+            ErrorCode::TokenTooLarge => "token_too_large",
+            ErrorCode::InvalidSignature => "invalid_signature",
+            ErrorCode::AlgorithmNotAllowed => "algorithm_not_allowed",
+            ErrorCode::UnknownKey => "unknown_key",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::TokenNotYetValid => "token_not_yet_valid",
+            ErrorCode::InvalidIssuer => "invalid_issuer",
+            ErrorCode::InvalidAudience => "invalid_audience",
+            ErrorCode::MissingClaim => "missing_claim",
+        }
+    }
+}
+
+/// A refused token: the code and a short sentence without quotes. The sentence never
+/// contains text from the token, so it is safe in a header and in a log line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {reason}", code.as_str())]
+pub struct AuthError {
+    /// SPEC code.
+    pub code: ErrorCode,
+    /// Human reason.
+    pub reason: Cow<'static, str>,
+}
+
+impl AuthError {
+    /// Builds an error from a static sentence.
+    pub fn new(code: ErrorCode, reason: &'static str) -> Self {
+        AuthError {
+            code,
+            reason: Cow::Borrowed(reason),
+        }
+    }
+}
+
+/// What a valid token tells the upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    /// Value for `user_header`.
+    pub user: HeaderValue,
+    /// Values for `forward_claims` headers whose claim exists.
+    pub forwarded: Vec<(HeaderName, HeaderValue)>,
+    /// `exp` in seconds since the epoch, for `close_on_expiry`.
+    pub exp: Option<f64>,
+}
+
+/// The claim rules, fixed at start-up.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// Required `iss`.
+    pub issuer: Option<String>,
+    /// Required `aud` member.
+    pub audience: Option<String>,
+    /// Skew allowed on `exp`/`nbf`, seconds.
+    pub leeway: f64,
+    /// `exp` must be present.
+    pub require_exp: bool,
+    /// Size limit.
+    pub max_token_bytes: usize,
+    /// Path of the user claim.
+    pub user_claim: Vec<String>,
+    /// Claim path -> header.
+    pub forward_claims: Vec<(Vec<String>, HeaderName)>,
+}
+
+impl Rules {
+    /// Builds rules from the validated settings.
+    pub fn new(s: &crate::config::Settings) -> Self {
+        Rules {
+            issuer: s.issuer.clone(),
+            audience: s.audience.clone(),
+            leeway: s.leeway.as_secs_f64(),
+            require_exp: s.require_exp,
+            max_token_bytes: s.max_token_bytes,
+            user_claim: s.user_claim.clone(),
+            forward_claims: s.forward_claims.clone(),
+        }
+    }
+
+    /// The leeway as a duration.
+    pub fn leeway(&self) -> Duration {
+        Duration::from_secs_f64(self.leeway)
+    }
+}
+
+#[derive(Deserialize)]
+struct RawHeader {
+    alg: Option<String>,
+    kid: Option<String>,
+    crit: Option<Value>,
+}
+
+const MALFORMED: &str = "the token is not a well-formed JWT";
+
+fn malformed(reason: &'static str) -> AuthError {
+    AuthError::new(ErrorCode::MalformedToken, reason)
+}
+
+fn claim_at<'a>(claims: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
+    let (first, rest) = path.split_first()?;
+    let mut v = claims.get(first)?;
+    for seg in rest {
+        v = v.as_object()?.get(seg)?;
+    }
+    Some(v)
+}
+
+fn numeric_date(
+    claims: &Map<String, Value>,
+    name: &str,
+    not_number: &'static str,
+) -> Result<Option<f64>, AuthError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(v) => v.as_f64().map(Some).ok_or_else(|| malformed(not_number)),
+    }
+}
+
+/// Verifies `token` with `keys` at time `now` (seconds since the epoch).
+pub fn verify(rules: &Rules, keys: &KeySet, token: &str, now: f64) -> Result<Verified, AuthError> {
+    if token.len() > rules.max_token_bytes {
+        return Err(AuthError::new(
+            ErrorCode::TokenTooLarge,
+            "the token is larger than the gateway accepts",
+        ));
+    }
+    let mut parts = token.split('.');
+    let (Some(h64), Some(p64), Some(sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(malformed(MALFORMED));
+    };
+    let header_json = URL_SAFE_NO_PAD
+        .decode(h64)
+        .map_err(|_| malformed(MALFORMED))?;
+    let header: RawHeader =
+        serde_json::from_slice(&header_json).map_err(|_| malformed(MALFORMED))?;
+    if header.crit.is_some() {
+        return Err(malformed(
+            "the token header names critical extensions the gateway does not support",
+        ));
+    }
+    let alg = header
+        .alg
+        .as_deref()
+        .ok_or_else(|| malformed("the token header has no alg"))?;
+    let alg = Algorithm::from_str(alg).map_err(|_| {
+        AuthError::new(
+            ErrorCode::AlgorithmNotAllowed,
+            "the token algorithm is not allowed",
+        )
+    })?;
+    let candidates = keys
+        .select(header.kid.as_deref(), alg)
+        .map_err(|e| match e {
+            SelectError::UnknownKey(_) => {
+                AuthError::new(ErrorCode::UnknownKey, "no configured key matches the token")
+            }
+            SelectError::WrongFamily(_) => AuthError::new(
+                ErrorCode::AlgorithmNotAllowed,
+                "the token algorithm is not allowed",
+            ),
+        })?;
+
+    let message_len = h64.len() + 1 + p64.len();
+    let message = &token.as_bytes()[..message_len];
+    let mut valid = false;
+    for key in candidates {
+        match jsonwebtoken::crypto::verify(sig, message, &key.key, alg) {
+            Ok(true) => {
+                valid = true;
+                break;
+            }
+            Ok(false) => {}
+            Err(e) => match e.kind() {
+                jsonwebtoken::errors::ErrorKind::Base64(_) => return Err(malformed(MALFORMED)),
+                _ => {}
+            },
+        }
+    }
+    if !valid {
+        return Err(AuthError::new(
+            ErrorCode::InvalidSignature,
+            "the token signature is invalid",
+        ));
+    }
+
+    let payload = URL_SAFE_NO_PAD
+        .decode(p64)
+        .map_err(|_| malformed(MALFORMED))?;
+    let claims: Map<String, Value> = serde_json::from_slice(&payload)
+        .map_err(|_| malformed("the token claims are not a JSON object"))?;
+    check_claims(rules, &claims, now)
+}
+
+fn check_claims(
+    rules: &Rules,
+    claims: &Map<String, Value>,
+    now: f64,
+) -> Result<Verified, AuthError> {
+    let exp = numeric_date(claims, "exp", "the exp claim is not a number")?;
+    let nbf = numeric_date(claims, "nbf", "the nbf claim is not a number")?;
+    numeric_date(claims, "iat", "the iat claim is not a number")?;
+    match exp {
+        None if rules.require_exp => {
+            return Err(AuthError::new(
+                ErrorCode::MissingClaim,
+                "the token has no exp claim",
+            ));
+        }
+        Some(exp) if now >= exp + rules.leeway => {
+            return Err(AuthError::new(
+                ErrorCode::TokenExpired,
+                "the token has expired",
+            ));
+        }
+        _ => {}
+    }
+    if let Some(nbf) = nbf {
+        if now + rules.leeway < nbf {
+            return Err(AuthError::new(
+                ErrorCode::TokenNotYetValid,
+                "the token is not valid yet",
+            ));
+        }
+    }
+    if let Some(want) = &rules.issuer {
+        match claims.get("iss") {
+            None => {
+                return Err(AuthError::new(
+                    ErrorCode::MissingClaim,
+                    "the token has no iss claim",
+                ));
+            }
+            Some(Value::String(iss)) if iss == want => {}
+            Some(_) => {
+                return Err(AuthError::new(
+                    ErrorCode::InvalidIssuer,
+                    "the token issuer is not accepted",
+                ));
+            }
+        }
+    }
+    if let Some(want) = &rules.audience {
+        let ok = match claims.get("aud") {
+            None => {
+                return Err(AuthError::new(
+                    ErrorCode::MissingClaim,
+                    "the token has no aud claim",
+                ));
+            }
+            Some(Value::String(aud)) => aud == want,
+            Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(want)),
+            Some(_) => false,
+        };
+        if !ok {
+            return Err(AuthError::new(
+                ErrorCode::InvalidAudience,
+                "the token audience is not accepted",
+            ));
+        }
+    }
+    let user = match claim_at(claims, &rules.user_claim) {
+        None => {
+            return Err(AuthError::new(
+                ErrorCode::MissingClaim,
+                "the token has no user claim",
+            ));
+        }
+        Some(Value::String(s)) => HeaderValue::from_str(s),
+        Some(Value::Number(n)) => HeaderValue::from_str(&n.to_string()),
+        Some(_) => return Err(malformed("the user claim is not a string or a number")),
+    }
+    .map_err(|_| malformed("the user claim cannot be sent in a header"))?;
+    let mut forwarded = Vec::with_capacity(rules.forward_claims.len());
+    for (path, header) in &rules.forward_claims {
+        if let Some(v) = claim_at(claims, path) {
+            let text = match v {
+                Value::String(s) => HeaderValue::from_str(s),
+                other => HeaderValue::from_str(&other.to_string()),
+            }
+            .map_err(|_| malformed("a forwarded claim cannot be sent in a header"))?;
+            forwarded.push((header.clone(), text));
+        }
+    }
+    Ok(Verified {
+        user,
+        forwarded,
+        exp,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rules() -> Rules {
+        Rules {
+            issuer: Some("me".into()),
+            audience: Some("you".into()),
+            leeway: 5.0,
+            require_exp: true,
+            max_token_bytes: 8192,
+            user_claim: vec!["user".into(), "name".into()],
+            forward_claims: vec![(vec!["role".into()], HeaderName::from_static("x-role"))],
+        }
+    }
+
+    fn check(v: Value) -> Result<Verified, ErrorCode> {
+        let map = v.as_object().cloned().unwrap_or_default();
+        check_claims(&rules(), &map, 1000.0).map_err(|e| e.code)
+    }
+
+    #[test]
+    fn claim_rules_map_to_codes() {
+        let ok = json!({"exp": 1001, "iss": "me", "aud": ["x", "you"], "user": {"name": "ann"}, "role": ["a"]});
+        let v = check(ok).unwrap_or_else(|c| panic!("{c:?}"));
+        assert_eq!(v.user, "ann");
+        assert_eq!(v.forwarded[0].1, "[\"a\"]");
+        use ErrorCode::*;
+        let cases = [
+            (
+                json!({"iss": "me", "aud": "you", "user": {"name": "a"}}),
+                MissingClaim,
+            ),
+            (
+                json!({"exp": "1001", "iss": "me", "aud": "you", "user": {"name": "a"}}),
+                MalformedToken,
+            ),
+            (
+                json!({"exp": 995, "iss": "me", "aud": "you", "user": {"name": "a"}}),
+                TokenExpired,
+            ),
+            (
+                json!({"exp": 2000, "nbf": 1006, "iss": "me", "aud": "you", "user": {"name": "a"}}),
+                TokenNotYetValid,
+            ),
+            (
+                json!({"exp": 2000, "iss": "other", "aud": "you", "user": {"name": "a"}}),
+                InvalidIssuer,
+            ),
+            (
+                json!({"exp": 2000, "aud": "you", "user": {"name": "a"}}),
+                MissingClaim,
+            ),
+            (
+                json!({"exp": 2000, "iss": "me", "aud": ["x"], "user": {"name": "a"}}),
+                InvalidAudience,
+            ),
+            (
+                json!({"exp": 2000, "iss": "me", "user": {"name": "a"}}),
+                MissingClaim,
+            ),
+            (
+                json!({"exp": 2000, "iss": "me", "aud": "you"}),
+                MissingClaim,
+            ),
+            (
+                json!({"exp": 2000, "iss": "me", "aud": "you", "user": {"name": true}}),
+                MalformedToken,
+            ),
+        ];
+        for (claims, code) in cases {
+            assert_eq!(check(claims.clone()).err(), Some(code), "{claims}");
+        }
+    }
+
+    #[test]
+    fn leeway_is_inclusive_of_exp_never_before() {
+        // now = 1000, leeway 5: exp 996 still valid, exp 995 expired.
+        let base = json!({"iss": "me", "aud": "you", "user": {"name": 7}});
+        let mut a = base.clone();
+        a["exp"] = json!(996);
+        assert_eq!(check(a).map(|v| v.user), Ok(HeaderValue::from_static("7")));
+        let mut b = base;
+        b["exp"] = json!(995);
+        assert_eq!(check(b).err(), Some(ErrorCode::TokenExpired));
+    }
+}

@@ -1,0 +1,23 @@
+//! The shared test harness: starts the real `proxy` and `upstream-demo` binaries (and an
+//! in-process recording upstream) on ephemeral 127.0.0.1 ports, waits for readiness,
+//! mints tokens, speaks raw HTTP/1.1 and Engine.IO/socket.io, and stops every process
+//! when its handle is dropped, even when a test fails.
+//!
+//! Module map:
+//! - [`procs`]: locating the binaries, spawning them, capturing their logs.
+//! - [`http1`]: a byte-exact HTTP/1.1 client (paths are sent exactly as written).
+//! - [`recorder`]: an upstream that records what reached it.
+//! - [`tokens`]: minting test tokens with the fixture keys.
+//! - [`eio`]: Engine.IO v4 / socket.io v5 over polling and WebSocket.
+
+pub mod eio;
+pub mod http1;
+pub mod procs;
+pub mod recorder;
+pub mod tokens;
+
+/// The HS256 secret the tests run the gateway with (>= 32 bytes).
+pub const SECRET: &str = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz";
+
+/// How long a readiness wait may take before the test fails with the process logs.
+pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);

@@ -1,0 +1,135 @@
+//! The demo's configuration: `[demo]`, plus the `[auth]` keys it shares with the
+//! gateway (the same file serves both, so the two can never disagree).
+
+use std::path::Path;
+use std::time::Duration;
+
+use proxy::config::{AuthConfig, Dur, parse_duration};
+use serde::Deserialize;
+
+/// The parts of the file the demo reads; `[proxy]` and `[upstream]` are the gateway's.
+#[derive(Debug, Deserialize)]
+struct File {
+    demo: DemoConfig,
+    #[serde(default)]
+    auth: Option<AuthConfig>,
+}
+
+/// `[demo]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoConfig {
+    /// Where the demo app listens (port 0 picks a free port and prints it).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Lifetime of minted socket.io tokens: short, because the page fetches a fresh one
+    /// before every (re)connect.
+    #[serde(default = "default_token_ttl")]
+    pub token_ttl: Dur,
+    /// Demo accounts with argon2 password hashes.
+    #[serde(default)]
+    pub users: Vec<DemoUser>,
+    /// socket.io ping interval: also the longest an expired WebSocket stays open behind a
+    /// gateway with `close_on_expiry`.
+    #[serde(default = "default_ping_interval")]
+    pub ping_interval: Dur,
+}
+
+/// One demo account.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoUser {
+    /// Login name.
+    pub name: String,
+    /// PHC-format argon2 hash of the password.
+    pub password_hash: String,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:3000".into()
+}
+fn default_token_ttl() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn default_ping_interval() -> Dur {
+    Dur(Duration::from_secs(25))
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct DemoSettings {
+    /// Listening address text (`host:port`).
+    pub listen: String,
+    /// Token lifetime.
+    pub token_ttl: Duration,
+    /// Accounts.
+    pub users: Vec<DemoUser>,
+    /// socket.io ping interval.
+    pub ping_interval: Duration,
+    /// The header the gateway puts the verified user in.
+    pub user_header: String,
+}
+
+impl Default for DemoSettings {
+    fn default() -> Self {
+        DemoSettings {
+            listen: default_listen(),
+            token_ttl: default_token_ttl().0,
+            users: Vec::new(),
+            ping_interval: default_ping_interval().0,
+            user_header: "x-auth-user".into(),
+        }
+    }
+}
+
+/// Problems reading the demo's configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {file}: {source}")]
+    Read {
+        /// The file.
+        file: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid for the demo.
+    #[error("{file}: {message}")]
+    Invalid {
+        /// The file.
+        file: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl DemoSettings {
+    /// Reads `[demo]` and `[auth]` from a file.
+    pub fn load(file: &Path) -> Result<Self, DemoConfigError> {
+        let name = file.display().to_string();
+        let src = std::fs::read_to_string(file).map_err(|source| DemoConfigError::Read {
+            file: name.clone(),
+            source,
+        })?;
+        let parsed: File = toml::from_str(&src).map_err(|e| DemoConfigError::Invalid {
+            file: name.clone(),
+            message: e.to_string(),
+        })?;
+        let d = parsed.demo;
+        Ok(DemoSettings {
+            listen: d.listen,
+            token_ttl: d.token_ttl.0,
+            users: d.users,
+            ping_interval: d.ping_interval.0,
+            user_header: parsed
+                .auth
+                .map_or_else(|| "x-auth-user".into(), |a| a.user_header),
+        })
+    }
+
+    /// Overrides the ping interval from text such as `"1s"`.
+    pub fn with_ping_interval(mut self, text: &str) -> Result<Self, String> {
+        self.ping_interval = parse_duration(text)?;
+        Ok(self)
+    }
+}

@@ -1,0 +1,68 @@
+//! The socket.io namespace `/`, trusting the identity header set by the gateway.
+//!
+//! The gateway removes any client-sent copy of that header and sets it only after
+//! verifying a token, so its presence is the proof of authentication. A connection
+//! without it did not come through the gateway and is refused.
+
+use axum::http::HeaderName;
+use serde_json::{Value, json};
+use socketioxide::SocketIo;
+use socketioxide::extract::{AckSender, Data, SocketRef};
+use socketioxide::handler::ConnectHandler;
+use socketioxide::layer::SocketIoLayer;
+
+use crate::DemoSettings;
+
+/// Why a connection was refused; the message reaches the client's `connect_error`.
+#[derive(Debug, thiserror::Error)]
+#[error("not authenticated: connect through the gateway")]
+pub struct NotAuthenticated;
+
+/// The user the gateway vouched for, stored on the socket.
+#[derive(Debug, Clone)]
+struct User(String);
+
+fn user_of(s: &SocketRef, header: &HeaderName) -> Option<String> {
+    s.req_parts()
+        .headers
+        .get(header)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(String::from)
+}
+
+/// Builds the socket.io layer with namespace `/`.
+pub fn layer(settings: &DemoSettings) -> SocketIoLayer {
+    let (layer, io) = SocketIo::builder()
+        .ping_interval(settings.ping_interval)
+        .ping_timeout(
+            settings
+                .ping_interval
+                .max(std::time::Duration::from_secs(1)),
+        )
+        .build_layer();
+    let header = HeaderName::from_bytes(settings.user_header.as_bytes())
+        .unwrap_or(HeaderName::from_static("x-auth-user"));
+
+    // Connect middleware: no identity header, no connection.
+    let require_user = async move |s: SocketRef| -> Result<(), NotAuthenticated> {
+        let user = user_of(&s, &header).ok_or(NotAuthenticated)?;
+        s.extensions.insert(User(user));
+        Ok(())
+    };
+    io.ns("/", on_connect.with(require_user));
+    layer
+}
+
+async fn on_connect(s: SocketRef) {
+    let user = s.extensions.get::<User>().map(|u| u.0).unwrap_or_default();
+    tracing::info!(user = %user, sid = %s.id, "socket connected");
+    if let Err(e) = s.emit("welcome", &json!({ "user": user })) {
+        tracing::warn!("welcome not sent: {e}");
+    }
+    s.on("echo", async |ack: AckSender, Data(data): Data<Value>| {
+        if let Err(e) = ack.send(&data) {
+            tracing::debug!("echo ack not sent: {e}");
+        }
+    });
+}
