@@ -72,7 +72,12 @@ impl Redactor {
         }
         let value_end = |start: usize| {
             let mut j = start;
-            while j < b.len() && !matches!(b[j], b'&' | b' ' | b'"' | b'\'' | b';' | b',' | b'\n') {
+            while j < b.len()
+                && !matches!(
+                    b[j],
+                    b'&' | b' ' | b'"' | b'\'' | b';' | b',' | b'\n' | b'\r' | b'\\'
+                )
+            {
                 j += 1;
             }
             j
@@ -86,17 +91,22 @@ impl Redactor {
                 return Some((start, end));
             }
         }
-        // Header dumps (`"cookie": "..."`): credentials of any shape, e.g. session ids.
-        for name in [&b"\"cookie\": \""[..], b"\"authorization\": \""] {
+        // Header dumps, debug-formatted (`"cookie": "..."`) or on the wire
+        // (`Cookie: ...\r\n`): credentials of any shape, e.g. session ids.
+        for (name, stop) in [
+            (&b"\"cookie\": \""[..], &b"\""[..]),
+            (b"\"authorization\": \"", b"\""),
+            (b"cookie: ", b"\\\r\n\""),
+            (b"authorization: ", b"\\\r\n\""),
+        ] {
             if b.len() > i + name.len() && b[i..i + name.len()].eq_ignore_ascii_case(name) {
                 let start = i + name.len();
-                let end = start
-                    + b[start..]
-                        .iter()
-                        .position(|c| *c == b'"')
-                        .unwrap_or(b.len() - start);
-                if end > start {
-                    return Some((start, end));
+                let len = b[start..]
+                    .iter()
+                    .position(|c| stop.contains(c))
+                    .unwrap_or(b.len() - start);
+                if len > 0 {
+                    return Some((start, start + len));
                 }
             }
         }

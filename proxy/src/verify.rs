@@ -240,10 +240,11 @@ pub fn verify(rules: &Rules, keys: &KeySet, token: &str, now: f64) -> Result<Ver
                 break;
             }
             Ok(false) => {}
-            Err(e) => match e.kind() {
-                jsonwebtoken::errors::ErrorKind::Base64(_) => return Err(malformed(MALFORMED)),
-                _ => {}
-            },
+            Err(e) => {
+                if let jsonwebtoken::errors::ErrorKind::Base64(_) = e.kind() {
+                    return Err(malformed(MALFORMED));
+                }
+            }
         }
     }
     if !valid {

@@ -86,7 +86,8 @@ async fn public_paths_are_exempt_only_for_plain_fetches() {
         assert_eq!(resp.status, 200, "HEAD {path}");
     }
     up.clear();
-    let refused: [(&str, &str, Vec<(&str, &str)>); 6] = [
+    type Attempt<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
+    let refused: [Attempt; 6] = [
         (
             "GET",
             "/socket.io/socket.io.js?EIO=4&transport=polling",
