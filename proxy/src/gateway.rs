@@ -239,17 +239,10 @@ impl ProxyHttp for Gateway {
 
         let target = session.req_header().raw_path().to_vec();
         let (raw_path, query) = split_target(&target);
-        let path = match normalize(raw_path) {
-            Ok(p) => p,
-            Err(e) => {
-                ctx.outcome = Outcome::BadRequest;
-                self.respond_json(session, 400, None, "bad_request", &e.to_string())
-                    .await?;
-                return Ok(true);
-            }
-        };
-        let access = match self.settings.paths.access(&path) {
-            Ok(a) => a,
+        let classified =
+            normalize(raw_path).and_then(|path| Ok((self.settings.paths.access(&path)?, path)));
+        let (access, path) = match classified {
+            Ok(c) => c,
             Err(e) => {
                 ctx.outcome = Outcome::BadRequest;
                 self.respond_json(session, 400, None, "bad_request", &e.to_string())

@@ -131,27 +131,20 @@ impl Polling {
     pub async fn join(&self) -> Value {
         let r = self.post(&["40"]).await;
         assert_eq!(r.status, 200, "CONNECT refused: {}", r.text());
-        let mut welcome = None;
-        let mut connected = false;
+        let mut join = Join::default();
         for _ in 0..10 {
             for p in self
                 .poll()
                 .await
                 .unwrap_or_else(|r| panic!("poll refused: {} {}", r.status, r.text()))
             {
-                if p.starts_with("40") {
-                    connected = true;
-                } else if let Some(w) = event(&p, "welcome") {
-                    welcome = Some(w);
-                } else if p.starts_with("44") {
-                    panic!("CONNECT_ERROR: {p}");
-                }
+                join.feed(&p);
             }
-            if let (true, Some(w)) = (connected, welcome.clone()) {
+            if let Some(w) = join.done() {
                 return w;
             }
         }
-        panic!("no welcome (connected = {connected})");
+        panic!("no welcome (connected = {})", join.connected);
     }
 }
 
@@ -160,6 +153,30 @@ fn amp(query: &str) -> String {
         String::new()
     } else {
         format!("&{query}")
+    }
+}
+
+/// Progress of joining namespace `/`: the CONNECT reply and the `welcome` event, in
+/// whichever order they arrive; a CONNECT_ERROR fails the test.
+#[derive(Debug, Default)]
+struct Join {
+    connected: bool,
+    welcome: Option<Value>,
+}
+
+impl Join {
+    fn feed(&mut self, packet: &str) {
+        if packet.starts_with("40") {
+            self.connected = true;
+        } else if let Some(w) = event(packet, "welcome") {
+            self.welcome = Some(w);
+        } else if packet.starts_with("44") {
+            panic!("CONNECT_ERROR: {packet}");
+        }
+    }
+
+    fn done(&self) -> Option<Value> {
+        self.welcome.clone().filter(|_| self.connected)
     }
 }
 
@@ -258,19 +275,14 @@ impl Ws {
     /// Joins namespace `/` and returns the `welcome` payload.
     pub async fn join(&mut self) -> Value {
         self.send("40").await;
-        let mut welcome = None;
-        let mut connected = false;
-        while !(connected && welcome.is_some()) {
+        let mut join = Join::default();
+        loop {
             let p = self.expect().await;
-            if p.starts_with("40") {
-                connected = true;
-            } else if let Some(w) = event(&p, "welcome") {
-                welcome = Some(w);
-            } else if p.starts_with("44") {
-                panic!("CONNECT_ERROR: {p}");
+            join.feed(&p);
+            if let Some(w) = join.done() {
+                return w;
             }
         }
-        welcome.unwrap_or(Value::Null)
     }
 
     /// Emits `echo` with ack id `id`; returns the acknowledged payload.
