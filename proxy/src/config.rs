@@ -119,7 +119,7 @@ pub enum RejectWith {
 }
 
 /// `[auth]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Allow-list of JWS algorithms; `none` is never accepted.
@@ -515,7 +515,36 @@ impl Config {
 
     /// Exactly one key source; `secret_env = "JWT_SECRET"` when none is written.
     fn key_source(&self, v: &mut Problems<'_>, base_dir: &Path) -> Option<KeySource> {
-        let a = &self.auth;
+        if self.auth.jwks_url.is_some() {
+            v.push(
+                "auth.jwks_url",
+                "fetching keys from a URL is not available in this version; use auth.jwks_file"
+                    .into(),
+            );
+            return None;
+        }
+        let mut given = self.auth.key_sources(base_dir);
+        if given.len() > 1 {
+            let names: Vec<&str> = given.iter().map(|(k, _)| *k).collect();
+            for (key, _) in &given {
+                v.push(
+                    key,
+                    format!(
+                        "exactly one key source is allowed, found {}",
+                        names.join(", ")
+                    ),
+                );
+            }
+            return None;
+        }
+        given.pop().map(|(_, s)| s)
+    }
+}
+
+impl AuthConfig {
+    /// The key sources written in `[auth]` with their keys, relative paths resolved
+    /// against `base_dir`; `secret_env = "JWT_SECRET"` when none is written.
+    pub fn key_sources(&self, base_dir: &Path) -> Vec<(&'static str, KeySource)> {
         let resolve = |p: &PathBuf| {
             if p.is_absolute() {
                 p.clone()
@@ -524,43 +553,22 @@ impl Config {
             }
         };
         let mut given = Vec::new();
-        if let Some(name) = &a.secret_env {
+        if let Some(name) = &self.secret_env {
             given.push(("auth.secret_env", KeySource::SecretEnv(name.clone())));
         }
-        if let Some(p) = &a.secret_file {
+        if let Some(p) = &self.secret_file {
             given.push(("auth.secret_file", KeySource::SecretFile(resolve(p))));
         }
-        if let Some(p) = &a.public_key_file {
+        if let Some(p) = &self.public_key_file {
             given.push(("auth.public_key_file", KeySource::PublicKeyFile(resolve(p))));
         }
-        if let Some(p) = &a.jwks_file {
+        if let Some(p) = &self.jwks_file {
             given.push(("auth.jwks_file", KeySource::JwksFile(resolve(p))));
         }
-        if a.jwks_url.is_some() {
-            v.push(
-                "auth.jwks_url",
-                "fetching keys from a URL is not available in this version; use auth.jwks_file"
-                    .into(),
-            );
-            return None;
+        if given.is_empty() && self.jwks_url.is_none() {
+            given.push(("auth.secret_env", KeySource::SecretEnv("JWT_SECRET".into())));
         }
-        match given.len() {
-            0 => Some(KeySource::SecretEnv("JWT_SECRET".into())),
-            1 => given.pop().map(|(_, s)| s),
-            _ => {
-                let names: Vec<&str> = given.iter().map(|(k, _)| *k).collect();
-                for (key, _) in &given {
-                    v.push(
-                        key,
-                        format!(
-                            "exactly one key source is allowed, found {}",
-                            names.join(", ")
-                        ),
-                    );
-                }
-                None
-            }
-        }
+        given
     }
 }
 

@@ -274,24 +274,8 @@ impl KeyStore {
 
 fn load_set(source: &KeySource, allowed: &[Algorithm]) -> Result<KeySet, String> {
     match source {
-        KeySource::SecretEnv(name) => {
-            let value = std::env::var_os(name)
-                .ok_or_else(|| format!("environment variable {name} is not set"))?;
-            let bytes = value.into_encoded_bytes();
-            single(
-                hmac_key(bytes, &format!("environment variable {name}"))?,
-                allowed,
-            )
-        }
-        KeySource::SecretFile(path) => {
-            let mut bytes = read(path)?;
-            if bytes.ends_with(b"\n") {
-                bytes.pop();
-                if bytes.ends_with(b"\r") {
-                    bytes.pop();
-                }
-            }
-            single(hmac_key(bytes, &path.display().to_string())?, allowed)
+        KeySource::SecretEnv(_) | KeySource::SecretFile(_) => {
+            single(hmac_key(read_secret(source)?, source)?, allowed)
         }
         KeySource::PublicKeyFile(path) => {
             let pem_bytes = read(path)?;
@@ -327,18 +311,46 @@ fn load_set(source: &KeySource, allowed: &[Algorithm]) -> Result<KeySet, String>
     }
 }
 
+/// The HMAC secret of a `secret_env` or `secret_file` source, checked for length.
+/// upstream-demo mints its tokens with the same bytes the gateway verifies with.
+pub fn read_secret(source: &KeySource) -> Result<Vec<u8>, String> {
+    let (bytes, what) = match source {
+        KeySource::SecretEnv(name) => {
+            let value = std::env::var_os(name)
+                .ok_or_else(|| format!("environment variable {name} is not set"))?;
+            (
+                value.into_encoded_bytes(),
+                format!("environment variable {name}"),
+            )
+        }
+        KeySource::SecretFile(path) => {
+            let mut bytes = read(path)?;
+            if bytes.ends_with(b"\n") {
+                bytes.pop();
+                if bytes.ends_with(b"\r") {
+                    bytes.pop();
+                }
+            }
+            (bytes, path.display().to_string())
+        }
+        other => return Err(format!("{} holds no shared secret", other.config_key())),
+    };
+    if bytes.len() < MIN_SECRET_BYTES {
+        return Err(format!(
+            "the secret in {what} is {} bytes; at least {MIN_SECRET_BYTES} are required",
+            bytes.len()
+        ));
+    }
+    Ok(bytes)
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
-fn hmac_key(secret: Vec<u8>, what: &str) -> Result<(KeyKind, DecodingKey), String> {
-    if secret.len() < MIN_SECRET_BYTES {
-        return Err(format!(
-            "the secret in {what} is {} bytes; at least {MIN_SECRET_BYTES} are required",
-            secret.len()
-        ));
-    }
-    let key = DecodingKey::from_secret(&secret).map_err(|e| format!("unusable secret: {e}"))?;
+fn hmac_key(secret: Vec<u8>, source: &KeySource) -> Result<(KeyKind, DecodingKey), String> {
+    let key = DecodingKey::from_secret(&secret)
+        .map_err(|e| format!("{}: unusable secret: {e}", source.config_key()))?;
     Ok((KeyKind::Hmac, key))
 }
 

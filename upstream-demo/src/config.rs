@@ -1,7 +1,7 @@
 //! The demo's configuration: `[demo]`, plus the `[auth]` keys it shares with the
 //! gateway (the same file serves both, so the two can never disagree).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proxy::config::{AuthConfig, Dur, parse_duration};
@@ -33,6 +33,13 @@ pub struct DemoConfig {
     /// gateway with `close_on_expiry`.
     #[serde(default = "default_ping_interval")]
     pub ping_interval: Dur,
+    /// SQLite file for sessions, so that signed-in users survive a restart of the demo
+    /// (the scenario the original article struggled with); in memory when unset.
+    #[serde(default)]
+    pub session_db: Option<PathBuf>,
+    /// Mark the session cookie `Secure`: set it when the site is served over TLS.
+    #[serde(default)]
+    pub secure_cookies: bool,
 }
 
 /// One demo account.
@@ -68,6 +75,14 @@ pub struct DemoSettings {
     pub ping_interval: Duration,
     /// The header the gateway puts the verified user in.
     pub user_header: String,
+    /// Session database file (relative to the config file); memory when `None`.
+    pub session_db: Option<PathBuf>,
+    /// `Secure` session cookie.
+    pub secure_cookies: bool,
+    /// The `[auth]` table: how to mint tokens the gateway accepts.
+    pub auth: AuthConfig,
+    /// Directory of the config file, for relative paths.
+    pub base_dir: PathBuf,
 }
 
 impl Default for DemoSettings {
@@ -78,6 +93,10 @@ impl Default for DemoSettings {
             users: Vec::new(),
             ping_interval: default_ping_interval().0,
             user_header: "x-auth-user".into(),
+            session_db: None,
+            secure_cookies: false,
+            auth: AuthConfig::default(),
+            base_dir: PathBuf::from("."),
         }
     }
 }
@@ -116,14 +135,24 @@ impl DemoSettings {
             message: e.to_string(),
         })?;
         let d = parsed.demo;
+        let base_dir = file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let auth = parsed.auth.unwrap_or_default();
         Ok(DemoSettings {
             listen: d.listen,
             token_ttl: d.token_ttl.0,
             users: d.users,
             ping_interval: d.ping_interval.0,
-            user_header: parsed
-                .auth
-                .map_or_else(|| "x-auth-user".into(), |a| a.user_header),
+            user_header: auth.user_header.clone(),
+            session_db: d
+                .session_db
+                .map(|p| if p.is_absolute() { p } else { base_dir.join(p) }),
+            secure_cookies: d.secure_cookies,
+            auth,
+            base_dir,
         })
     }
 

@@ -4,35 +4,160 @@
 //! Module map:
 //!
 //! - [`config`]: `[demo]` (and the `[auth]` keys it shares with the gateway).
+//! - [`accounts`]: argon2 password checks that take the same time for unknown users.
+//! - [`mint`]: signing short-lived socket.io tokens the gateway accepts.
+//! - [`pages`]: the HTML templates.
+//! - [`web`]: the HTTP handlers (login, token endpoint, pages, assets).
 //! - [`socket`]: the socket.io namespace `/`: refuses connections without the
 //!   identity header, greets with `welcome`, answers `echo` with an ack.
 //!
-//! [`app`] builds the router so that tests can drive it; [`serve`] runs it on a listener
-//! until a shutdown future resolves.
+//! [`app`] builds the router from an [`AppState`] so tests can drive it without sockets;
+//! [`serve`] runs it on a listener until a shutdown future resolves.
 
+pub mod accounts;
 pub mod config;
+pub mod mint;
+pub mod pages;
 pub mod socket;
+pub mod web;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::Router;
+use axum::routing::get;
 use tokio::net::TcpListener;
+use tower_sessions::cookie::SameSite;
+use tower_sessions::cookie::time::Duration as CookieDuration;
+use tower_sessions::{Expiry, SessionManagerLayer};
+use tower_sessions_sqlx_store::SqliteStore;
+use tower_sessions_sqlx_store::sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
 pub use config::DemoSettings;
 
-/// The application router: the socket.io layer.
-pub fn app(settings: &DemoSettings) -> Router {
-    let layer = socket::layer(settings);
-    Router::new().layer(layer)
+/// Why the demo cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// A configuration problem (the message names the key).
+    #[error("{0}")]
+    Config(String),
+    /// The session database cannot be opened.
+    #[error("demo.session_db: {0}")]
+    Sessions(#[from] tower_sessions_sqlx_store::sqlx::Error),
+    /// The templates do not compile.
+    #[error("templates: {0}")]
+    Templates(#[from] minijinja::Error),
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves.
+#[derive(Debug)]
+struct Inner {
+    accounts: Arc<accounts::Accounts>,
+    minter: mint::Minter,
+    pages: pages::Pages,
+    settings: DemoSettings,
+    sessions: SqliteStore,
+}
+
+/// Shared, cheaply cloned application state.
+#[derive(Debug, Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl AppState {
+    /// Builds everything the app needs: accounts, the token minter, the templates, the
+    /// session store (created and migrated).
+    pub async fn new(settings: DemoSettings) -> Result<Self, DemoError> {
+        let accounts = accounts::Accounts::new(&settings.users).map_err(DemoError::Config)?;
+        let minter = mint::Minter::new(&settings).map_err(DemoError::Config)?;
+        let pool = match &settings.session_db {
+            Some(file) => {
+                let opts = SqliteConnectOptions::new()
+                    .filename(file)
+                    .create_if_missing(true);
+                SqlitePoolOptions::new().connect_with(opts).await?
+            }
+            // One connection: every connection to ":memory:" is a database of its own.
+            None => {
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect("sqlite::memory:")
+                    .await?
+            }
+        };
+        let sessions = SqliteStore::new(pool);
+        sessions.migrate().await?;
+        Ok(AppState(Arc::new(Inner {
+            accounts: Arc::new(accounts),
+            minter,
+            pages: pages::Pages::new()?,
+            settings,
+            sessions,
+        })))
+    }
+
+    pub(crate) fn accounts(&self) -> Arc<accounts::Accounts> {
+        self.0.accounts.clone()
+    }
+
+    pub(crate) fn minter(&self) -> &mint::Minter {
+        &self.0.minter
+    }
+
+    pub(crate) fn pages(&self) -> &pages::Pages {
+        &self.0.pages
+    }
+
+    /// The settings the app runs with.
+    pub fn settings(&self) -> &DemoSettings {
+        &self.0.settings
+    }
+}
+
+/// The application: web routes behind the session layer, and the socket.io service at
+/// `/socket.io/` (the client bundle beside it is a plain route).
+pub fn app(state: AppState) -> Router {
+    let sessions = SessionManagerLayer::new(state.0.sessions.clone())
+        .with_name("demo_session")
+        .with_http_only(true)
+        .with_same_site(SameSite::Lax)
+        .with_secure(state.settings().secure_cookies)
+        .with_expiry(Expiry::OnInactivity(CookieDuration::hours(8)));
+    Router::new()
+        .route("/", get(web::home))
+        .route("/login", get(web::login_get).post(web::login_post))
+        .route("/getIoConnectionToken", get(web::io_token))
+        .route("/private", get(web::private))
+        .route("/logout", get(web::logout))
+        .layer(sessions)
+        .route("/socket.io/socket.io.min.js", get(web::client_bundle))
+        .route("/assets/private.js", get(web::private_js))
+        .merge(socket::router(state.settings()))
+        .with_state(state)
+}
+
+/// How long open connections (WebSockets never end by themselves) may drain after the
+/// shutdown signal.
+pub const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Serves [`app`] on `listener` until `shutdown` resolves, then stops accepting and lets
+/// open connections drain for at most [`SHUTDOWN_DRAIN`].
 pub async fn serve(
     listener: TcpListener,
-    settings: &DemoSettings,
+    state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(settings))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = signalled_tx.send(());
+    });
+    tokio::select! {
+        result = server => result,
+        _ = async {
+            if signalled_rx.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_DRAIN).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => Ok(()),
+    }
 }

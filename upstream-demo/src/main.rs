@@ -1,22 +1,26 @@
-//! `upstream-demo --config <FILE>`
+//! `upstream-demo --config <FILE>` (or `--hash-password` to make a `[demo].users` hash)
 
+use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use tokio::net::TcpListener;
-use upstream_demo::DemoSettings;
+use upstream_demo::{AppState, DemoSettings};
 
-/// The demo app behind the gateway.
+/// The demo app behind the gateway: login, tokens, the signed-in page, socket.io.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
     /// Configuration file (reads `[demo]` and `[auth]`).
     #[arg(long, default_value = "config.toml")]
     config: PathBuf,
-    /// Override `[demo].listen` (`127.0.0.1:0` picks a free port).
+    /// Override `[demo].listen` (`127.0.0.1:0` picks a free port and prints it).
     #[arg(long)]
     listen: Option<String>,
+    /// Read a password from standard input, print its argon2 hash, and exit.
+    #[arg(long)]
+    hash_password: bool,
 }
 
 #[tokio::main]
@@ -28,6 +32,23 @@ async fn main() -> ExitCode {
         .with_ansi(false)
         .init();
     let cli = Cli::parse();
+    if cli.hash_password {
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
+            eprintln!("cannot read the password: {e}");
+            return ExitCode::FAILURE;
+        }
+        return match upstream_demo::accounts::hash_password(line.trim_end_matches(['\r', '\n'])) {
+            Ok(h) => {
+                println!("{h}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut settings = match DemoSettings::load(&cli.config) {
         Ok(s) => s,
         Err(e) => {
@@ -38,22 +59,38 @@ async fn main() -> ExitCode {
     if let Some(l) = cli.listen {
         settings.listen = l;
     }
-    let listener = match TcpListener::bind(&settings.listen).await {
+    let listen = settings.listen.clone();
+    let state = match AppState::new(settings).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{}: {e}", cli.config.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match TcpListener::bind(&listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("demo.listen: cannot listen on {}: {e}", settings.listen);
+            eprintln!("demo.listen: cannot listen on {listen}: {e}");
             return ExitCode::FAILURE;
         }
     };
     match listener.local_addr() {
-        // The test harness reads this line to learn the port.
+        // The test harnesses read this line to learn the port.
         Ok(addr) => println!("upstream-demo listening on {addr}"),
         Err(e) => eprintln!("cannot read the listening address: {e}"),
     }
     let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
     };
-    match upstream_demo::serve(listener, &settings, shutdown).await {
+    match upstream_demo::serve(listener, state, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("server error: {e}");

@@ -4,12 +4,12 @@
 //! verifying a token, so its presence is the proof of authentication. A connection
 //! without it did not come through the gateway and is refused.
 
+use axum::Router;
 use axum::http::HeaderName;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Data, SocketRef};
 use socketioxide::handler::ConnectHandler;
-use socketioxide::layer::SocketIoLayer;
 
 use crate::DemoSettings;
 
@@ -31,16 +31,16 @@ fn user_of(s: &SocketRef, header: &HeaderName) -> Option<String> {
         .map(String::from)
 }
 
-/// Builds the socket.io layer with namespace `/`.
-pub fn layer(settings: &DemoSettings) -> SocketIoLayer {
-    let (layer, io) = SocketIo::builder()
+/// Routes `/socket.io/` (Engine.IO's path) to the socket.io service with namespace `/`.
+pub fn router<S: Clone + Send + Sync + 'static>(settings: &DemoSettings) -> Router<S> {
+    let (svc, io) = SocketIo::builder()
         .ping_interval(settings.ping_interval)
         .ping_timeout(
             settings
                 .ping_interval
                 .max(std::time::Duration::from_secs(1)),
         )
-        .build_layer();
+        .build_svc();
     let header = HeaderName::from_bytes(settings.user_header.as_bytes())
         .unwrap_or(HeaderName::from_static("x-auth-user"));
 
@@ -51,7 +51,7 @@ pub fn layer(settings: &DemoSettings) -> SocketIoLayer {
         Ok(())
     };
     io.ns("/", on_connect.with(require_user));
-    layer
+    Router::new().route_service("/socket.io/", svc)
 }
 
 async fn on_connect(s: SocketRef) {

@@ -1,0 +1,82 @@
+// The demo page in a real headless Chromium (Debian's package, driven by playwright-core):
+// sign in through the form, see the live socket greet the user through the gateway, then
+// restart upstream-demo and watch the page reconnect by itself with a fresh token.
+// The screenshots are kept as artifacts (tests/js/artifacts/); UPDATE_SCREENSHOT=1
+// also copies the first one to docs/screenshot.png, which the README shows.
+
+import assert from "node:assert/strict";
+import { copyFileSync, existsSync, mkdirSync } from "node:fs";
+import path from "node:path";
+import { after, test } from "node:test";
+import { chromium } from "playwright-core";
+import { repoRoot, startDemo, startGateway, stopAll } from "./harness.mjs";
+
+const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
+const artifacts = path.join(repoRoot, "tests", "js", "artifacts");
+
+after(stopAll);
+
+test("sign in, live welcome through the gateway, reconnect after an upstream restart", async (t) => {
+  if (!existsSync(CHROMIUM)) {
+    const why = `${CHROMIUM} is missing: apt-get install -y chromium`;
+    if (process.env.CI === "true") throw new Error(why);
+    t.skip(why);
+    return;
+  }
+  mkdirSync(artifacts, { recursive: true });
+  // Short-lived tokens: every token the page held before the restart has expired by the
+  // time upstream-demo is back, so reconnecting proves the page fetched a fresh one.
+  const ttl = 4;
+  const demo = await startDemo({ tokenTtl: `${ttl}s` });
+  const gw = await startGateway({ upstreamPort: demo.port });
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: [
+      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
+  });
+  try {
+    const page = await browser.newPage({ viewport: { width: 900, height: 640 } });
+    await page.goto(`${gw.url}/login`);
+    await page.fill("#username", "gonzalo");
+    await page.fill("#password", "password");
+    await Promise.all([page.waitForURL(`${gw.url}/private`), page.click("#submit")]);
+
+    await page.waitForFunction(() => Number(document.getElementById("welcome").dataset.count) >= 1, null, { timeout: 15_000 });
+    assert.equal(await page.textContent("#welcome"), "Server says: welcome gonzalo");
+    assert.equal(await page.textContent("#status"), "connected");
+    await page.fill("#echo-text", "hello through the gateway");
+    await page.press("#echo-text", "Enter");
+    await page.waitForFunction(() => document.getElementById("log").textContent.includes("echo: hello through the gateway"));
+    const shot = path.join(artifacts, "private-page.png");
+    await page.screenshot({ path: shot });
+    if (process.env.UPDATE_SCREENSHOT === "1") {
+      copyFileSync(shot, path.join(repoRoot, "docs", "screenshot.png"));
+    }
+
+    // Restart upstream-demo (same port, same session store) after every token the page
+    // holds has expired: the page reconnects by itself, with a token fetched after the
+    // restart.
+    const tokenFetches = [];
+    page.on("response", (r) => r.url().endsWith("/getIoConnectionToken") && r.status() === 200 && tokenFetches.push(Date.now()));
+    await demo.proc.stop("SIGKILL");
+    const downAt = Date.now();
+    await page.waitForFunction(() => document.getElementById("status").textContent.startsWith("disconnected"));
+    const welcomesBefore = Number(await page.getAttribute("#welcome", "data-count"));
+    await new Promise((r) => setTimeout(r, ttl * 1000 + 500 - (Date.now() - downAt)));
+    const restartedAt = Date.now();
+    await startDemo({ dir: demo.dir, port: demo.port, tokenTtl: `${ttl}s` });
+    await page.waitForFunction(
+      (n) => Number(document.getElementById("welcome").dataset.count) > n,
+      welcomesBefore,
+      { timeout: 20_000 },
+    );
+    assert.equal(await page.textContent("#status"), "connected");
+    assert.ok(tokenFetches.some((at) => at >= restartedAt), "a token was fetched after the restart");
+    assert.equal(await page.textContent("#welcome"), "Server says: welcome gonzalo");
+    await page.screenshot({ path: path.join(artifacts, "private-page-after-restart.png") });
+  } finally {
+    await browser.close();
+  }
+});
