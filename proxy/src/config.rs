@@ -183,6 +183,10 @@ pub struct AuthConfig {
     /// How a failed authentication is answered.
     #[serde(default)]
     pub reject_with: RejectWith,
+    /// Entries in the cache of verified tokens (a repeated token skips the signature
+    /// check; `exp`/`nbf` are still checked on every use); `0` turns it off.
+    #[serde(default = "default_verify_cache")]
+    pub verify_cache: usize,
 }
 
 impl Default for AuthConfig {
@@ -234,6 +238,9 @@ fn default_token_sources() -> Vec<String> {
 }
 fn default_user_claim() -> String {
     "sub".into()
+}
+fn default_verify_cache() -> usize {
+    10_000
 }
 fn default_user_header() -> String {
     "x-auth-user".into()
@@ -504,6 +511,7 @@ impl Config {
                 forward_claims: forward,
                 strip_token: auth.strip_token,
                 close_on_expiry: auth.close_on_expiry,
+                verify_cache: auth.verify_cache,
             }),
             _ => Err(vec![Problem {
                 key: "(file)".into(),
@@ -663,6 +671,8 @@ pub struct Settings {
     pub strip_token: bool,
     /// Close expired WebSockets.
     pub close_on_expiry: bool,
+    /// Verified-token cache entries (0 = off).
+    pub verify_cache: usize,
 }
 
 impl Settings {

@@ -19,7 +19,7 @@ use crate::config::Settings;
 use crate::logging::Redactor;
 use crate::path::{Access, normalize};
 use crate::token::{self, Location};
-use crate::verify::{self, AuthError, ErrorCode, Rules};
+use crate::verify::{AuthError, ErrorCode, Rules, Verifier};
 
 /// Query parameters that make a request part of an Engine.IO session: a public path
 /// requested with any of them is protected like any other.
@@ -83,7 +83,7 @@ pub struct RequestCtx {
 #[derive(Debug)]
 pub struct Gateway {
     settings: Arc<Settings>,
-    rules: Rules,
+    verifier: Verifier,
     redactor: Arc<Redactor>,
     in_flight: InFlight,
     /// Pre-rendered `WWW-Authenticate` for a missing token.
@@ -117,7 +117,7 @@ impl Gateway {
     /// A gateway for these settings.
     pub fn new(settings: Arc<Settings>, redactor: Arc<Redactor>, in_flight: InFlight) -> Self {
         Gateway {
-            rules: Rules::new(&settings),
+            verifier: Verifier::new(Rules::new(&settings), settings.verify_cache),
             settings,
             redactor,
             in_flight,
@@ -144,7 +144,9 @@ impl Gateway {
         !engine_io
     }
 
-    /// Writes a JSON error response with CORS headers, the connection is then closed.
+    /// Writes a JSON error response with CORS headers. The connection stays open for the
+    /// next request when the refused request had no body (nothing left to drain), as
+    /// HAProxy and nginx do; otherwise it is closed.
     async fn respond_json(
         &self,
         session: &mut Session,
@@ -167,7 +169,17 @@ impl Gateway {
             resp.insert_header(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")?;
             resp.insert_header(header::VARY, "Origin")?;
         }
-        session.write_error_response(resp, body).await
+        let req = session.req_header();
+        let has_body = req.headers.contains_key(header::TRANSFER_ENCODING)
+            || req
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+        if has_body {
+            session.set_keepalive(None);
+        }
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await
     }
 
     /// Answers a failed authentication (SPEC item 5) without contacting the upstream.
@@ -285,7 +297,7 @@ impl ProxyHttp for Gateway {
             }
         };
         let keys = self.settings.keys.current();
-        let verified = match verify::verify(&self.rules, &keys, &found.token, now_secs()) {
+        let verified = match self.verifier.verify(&keys, &found.token, now_secs()) {
             Ok(v) => v,
             Err(err) => return self.reject(session, ctx, &err).await,
         };
@@ -293,7 +305,7 @@ impl ProxyHttp for Gateway {
 
         ctx.outcome = Outcome::Allowed;
         if self.settings.close_on_expiry {
-            ctx.close_at = verified.exp.map(|exp| exp + self.rules.leeway);
+            ctx.close_at = verified.exp.map(|exp| exp + self.verifier.rules().leeway);
         }
         let req = session.req_header_mut();
         req.insert_header(self.settings.user_header.clone(), verified.user)?;
@@ -402,6 +414,7 @@ impl ProxyHttp for Gateway {
             } else {
                 "the upstream server is not reachable"
             };
+            session.set_keepalive(None);
             if let Err(err) = self
                 .respond_json(session, code, None, "upstream_unavailable", message)
                 .await
@@ -421,25 +434,27 @@ impl ProxyHttp for Gateway {
     /// One line per request: rejections at `info` (reason, client, redacted path),
     /// everything else at `debug`.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
-        let client = session
-            .client_addr()
-            .map(ToString::to_string)
-            .unwrap_or_default();
+        let client = || {
+            session
+                .client_addr()
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        };
         match ctx.outcome {
             Outcome::Rejected(code) => tracing::info!(
                 reason = code.as_str(),
-                client = %client,
+                client = %client(),
                 request = %self.summary(session),
                 "rejected"
             ),
             Outcome::BadRequest => tracing::info!(
-                client = %client,
+                client = %client(),
                 request = %self.summary(session),
                 "bad request path"
             ),
             outcome => tracing::debug!(
                 ?outcome,
-                client = %client,
+                client = %client(),
                 request = %self.summary(session),
                 status = session.response_written().map_or(0, |r| r.status.as_u16()),
                 error = e.map(|e| e.etype().as_str()),

@@ -135,15 +135,33 @@ pub enum SelectError {
     WrongFamily(String),
 }
 
+/// Source of [`KeySet::generation`] numbers.
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// An immutable set of keys, swapped whole on reload.
 #[derive(Debug, Default)]
 pub struct KeySet {
     keys: Vec<VerifyKey>,
     /// Whether `kid` selects keys (JWKS); a single configured key ignores `kid`.
     by_kid: bool,
+    /// Unique per loaded set: cached verifications made with another set are void.
+    generation: u64,
 }
 
 impl KeySet {
+    fn new(keys: Vec<VerifyKey>, by_kid: bool) -> Self {
+        KeySet {
+            keys,
+            by_kid,
+            generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// Which load of the keys this is (changes on every reload).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Number of usable keys.
     pub fn len(&self) -> usize {
         self.keys.len()
@@ -306,7 +324,7 @@ fn load_set(source: &KeySource, allowed: &[Algorithm]) -> Result<KeySet, String>
                     path.display()
                 ));
             }
-            Ok(KeySet { keys, by_kid: true })
+            Ok(KeySet::new(keys, true))
         }
     }
 }
@@ -369,14 +387,14 @@ fn single((kind, key): (KeyKind, DecodingKey), allowed: &[Algorithm]) -> Result<
             misfits.join(", ")
         ));
     }
-    Ok(KeySet {
-        keys: vec![VerifyKey {
+    Ok(KeySet::new(
+        vec![VerifyKey {
             kid: None,
             algorithms: allowed.to_vec(),
             key,
         }],
-        by_kid: false,
-    })
+        false,
+    ))
 }
 
 const OID_RSA: &[u8] = &[

@@ -104,6 +104,8 @@ impl AuthError {
 /// What a valid token tells the upstream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verified {
+    /// `nbf` in seconds since the epoch (re-checked when served from the cache).
+    pub nbf: Option<f64>,
     /// Value for `user_header`.
     pub user: HeaderValue,
     /// Values for `forward_claims` headers whose claim exists.
@@ -270,29 +272,13 @@ fn check_claims(
     let exp = numeric_date(claims, "exp", "the exp claim is not a number")?;
     let nbf = numeric_date(claims, "nbf", "the nbf claim is not a number")?;
     numeric_date(claims, "iat", "the iat claim is not a number")?;
-    match exp {
-        None if rules.require_exp => {
-            return Err(AuthError::new(
-                ErrorCode::MissingClaim,
-                "the token has no exp claim",
-            ));
-        }
-        Some(exp) if now >= exp + rules.leeway => {
-            return Err(AuthError::new(
-                ErrorCode::TokenExpired,
-                "the token has expired",
-            ));
-        }
-        _ => {}
+    if exp.is_none() && rules.require_exp {
+        return Err(AuthError::new(
+            ErrorCode::MissingClaim,
+            "the token has no exp claim",
+        ));
     }
-    if let Some(nbf) = nbf {
-        if now + rules.leeway < nbf {
-            return Err(AuthError::new(
-                ErrorCode::TokenNotYetValid,
-                "the token is not valid yet",
-            ));
-        }
-    }
+    check_time(rules, exp, nbf, now)?;
     if let Some(want) = &rules.issuer {
         match claims.get("iss") {
             None => {
@@ -353,10 +339,89 @@ fn check_claims(
         }
     }
     Ok(Verified {
+        nbf,
         user,
         forwarded,
         exp,
     })
+}
+
+/// `exp` and `nbf` against `now`, with the leeway.
+fn check_time(
+    rules: &Rules,
+    exp: Option<f64>,
+    nbf: Option<f64>,
+    now: f64,
+) -> Result<(), AuthError> {
+    if exp.is_some_and(|exp| now >= exp + rules.leeway) {
+        return Err(AuthError::new(
+            ErrorCode::TokenExpired,
+            "the token has expired",
+        ));
+    }
+    if nbf.is_some_and(|nbf| now + rules.leeway < nbf) {
+        return Err(AuthError::new(
+            ErrorCode::TokenNotYetValid,
+            "the token is not valid yet",
+        ));
+    }
+    Ok(())
+}
+
+/// A verified token, remembered with the key set it was verified with.
+#[derive(Debug)]
+struct Cached {
+    generation: u64,
+    verified: Verified,
+}
+
+/// Verification with a bounded cache of tokens that verified: a token seen again (every
+/// poll of a session carries the same one) skips decoding and the signature check, but
+/// `exp`/`nbf` are checked on every use, so the cache never extends a token's life; a
+/// key reload voids every entry. Keys are the whole token, compared in full.
+#[derive(Debug)]
+pub struct Verifier {
+    rules: Rules,
+    cache: Option<quick_cache::sync::Cache<Box<str>, std::sync::Arc<Cached>>>,
+}
+
+impl Verifier {
+    /// A verifier with room for `cache_entries` tokens (0: no cache).
+    pub fn new(rules: Rules, cache_entries: usize) -> Self {
+        Verifier {
+            rules,
+            cache: (cache_entries > 0).then(|| quick_cache::sync::Cache::new(cache_entries)),
+        }
+    }
+
+    /// The claim rules.
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    /// Verifies `token` with `keys` at `now` (seconds since the epoch).
+    pub fn verify(&self, keys: &KeySet, token: &str, now: f64) -> Result<Verified, AuthError> {
+        let Some(cache) = &self.cache else {
+            return verify(&self.rules, keys, token, now);
+        };
+        if token.len() <= self.rules.max_token_bytes {
+            if let Some(hit) = cache.get(token) {
+                if hit.generation == keys.generation() {
+                    check_time(&self.rules, hit.verified.exp, hit.verified.nbf, now)?;
+                    return Ok(hit.verified.clone());
+                }
+            }
+        }
+        let verified = verify(&self.rules, keys, token, now)?;
+        cache.insert(
+            token.into(),
+            std::sync::Arc::new(Cached {
+                generation: keys.generation(),
+                verified: verified.clone(),
+            }),
+        );
+        Ok(verified)
+    }
 }
 
 #[cfg(test)]

@@ -224,6 +224,22 @@ impl Ws {
         Ok(Ws { stream })
     }
 
+    /// Opens a WebSocket session over an already connected TCP stream (the soak tool
+    /// binds several 127.0.0.x source addresses).
+    pub async fn over(
+        stream: TcpStream,
+        addr: SocketAddr,
+        query: &str,
+    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let url = format!(
+            "ws://{addr}/socket.io/?EIO=4&transport=websocket{}",
+            amp(query)
+        );
+        let (stream, _) =
+            tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await?;
+        Ok(Ws { stream })
+    }
+
     /// Sends a text frame.
     pub async fn send(&mut self, text: &str) {
         self.stream

@@ -477,3 +477,62 @@ async fn jwks_file_selects_by_kid_and_reloads_live() {
     assert!(took < Duration::from_secs(5), "rename reload took {took:?}");
     assert_rejected(&get_with_token(&gw, &r1).await, "unknown_key");
 }
+
+#[tokio::test]
+async fn a_cached_token_still_expires_on_time() {
+    let up = Recorder::start().await;
+    let gw = Gateway::start(&GatewayConfig::hs256(up.addr)).await;
+    let mut c = claims("alice");
+    c["exp"] = json!(now() + 2);
+    let token = hs256(&c);
+    // Verified once, then served from the cache.
+    for _ in 0..3 {
+        assert_eq!(get_with_token(&gw, &token).await.status, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let resp = get_with_token(&gw, &token).await;
+        if resp.status == 401 {
+            assert_rejected(&resp, "token_expired");
+            break;
+        }
+        assert!(Instant::now() < deadline, "a cached token outlived its exp");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        now() >= c["exp"].as_u64().unwrap_or(0),
+        "refused before exp"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_request_without_a_body_keeps_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Recorder::start().await;
+    let gw = Gateway::start(&GatewayConfig::hs256(up.addr)).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let one = format!("GET {PROTECTED} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let two = format!(
+        "GET {PROTECTED}&token={} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        valid("alice")
+    );
+    s.write_all(one.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap_or_else(|e| panic!("{e}"));
+    let first = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(first.starts_with("HTTP/1.1 401"), "{first}");
+    s.write_all(two.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let second = http1::parse(&rest);
+    assert_eq!(second.status, 200, "second request on the same connection");
+    assert_eq!(up.last().one("x-auth-user"), Some("alice"));
+}

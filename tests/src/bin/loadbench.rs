@@ -1,0 +1,447 @@
+//! Load benchmark: the gateway against HAProxy 2.6 with `jwt_verify` and nginx proxying
+//! without authentication, all on 127.0.0.1, driven by `oha`, printed as one table.
+//!
+//! Pinning: the system under test (gateway with `threads = 1`, HAProxy `nbthread 1`,
+//! nginx with 1 worker) runs alone on CPU 0; `oha` and the upstream share CPU 1. Runs
+//! are interleaved (A B C A B C ...), `BENCH_ROUNDS` of each (default 3), and ratios are
+//! computed round by round, then their median reported.
+//!
+//! Run it with `bench/run` (builds first, checks the tools).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use serde_json::{Value, json};
+use tests::SECRET;
+use tests::procs::{GatewayConfig, Proc, bin, fixture, free_addr, wait_listening};
+use tests::tokens::{claims, hs256, private_key, sign};
+
+const SUT_CPU: &str = "0";
+const LOAD_CPU: &str = "1";
+
+fn pinned(cpu: &str, program: &str) -> Command {
+    let mut c = Command::new("taskset");
+    c.arg("-c").arg(cpu).arg(program);
+    c
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+    p.display().to_string()
+}
+
+/// A system under test.
+struct System {
+    name: String,
+    addr: SocketAddr,
+    _proc: Proc,
+}
+
+async fn nginx(dir: &Path, name: &str, body: &str, cpu: &str) -> (SocketAddr, Proc) {
+    let addr = free_addr();
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{e}"));
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nworker_rlimit_nofile 20000;\n\
+         events {{ worker_connections 10000; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/cb;\n  proxy_temp_path {d}/pt;\n  fastcgi_temp_path {d}/ft;\n  uwsgi_temp_path {d}/ut;\n  scgi_temp_path {d}/st;\n\
+         {body}\n}}\n",
+        d = d.display()
+    )
+    .replace("LISTEN", &addr.to_string());
+    let file = write(&d, "nginx.conf", &conf);
+    let mut cmd = pinned(cpu, "nginx");
+    cmd.arg("-c").arg(&file).arg("-p").arg(&d);
+    let p = Proc::spawn(name, cmd);
+    wait_listening(addr, &p).await;
+    (addr, p)
+}
+
+fn haproxy_conf(listen: SocketAddr, upstream: SocketAddr, alg: &str, key: &str) -> String {
+    format!(
+        r#"global
+    nbthread 1
+    maxconn 20000
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+frontend fe
+    bind {listen}
+    http-request del-header x-auth-user
+    http-request set-var(txn.token) url_param(token)
+    http-request deny deny_status 401 unless {{ var(txn.token) -m found }}
+    http-request set-var(txn.alg) var(txn.token),jwt_header_query('$.alg')
+    http-request deny deny_status 401 unless {{ var(txn.alg) -m str {alg} }}
+    http-request deny deny_status 401 unless {{ var(txn.token),jwt_verify(txn.alg,"{key}") -m int 1 }}
+    http-request set-var(txn.exp) var(txn.token),jwt_payload_query('$.exp','int')
+    http-request set-var(txn.now) date()
+    http-request deny deny_status 401 unless {{ var(txn.exp),sub(txn.now) -m int gt 0 }}
+    http-request deny deny_status 401 unless {{ var(txn.token),jwt_payload_query('$.iss') -m str upstream-demo }}
+    http-request deny deny_status 401 unless {{ var(txn.token),jwt_payload_query('$.aud') -m str socket.io }}
+    http-request set-header x-auth-user %[var(txn.token),jwt_payload_query('$.sub')]
+    default_backend be
+backend be
+    http-reuse always
+    server s1 {upstream}
+"#
+    )
+}
+
+async fn haproxy(dir: &Path, name: &str, upstream: SocketAddr, alg: &str, key: &str) -> System {
+    let addr = free_addr();
+    let file = write(
+        dir,
+        &format!("{name}.cfg"),
+        &haproxy_conf(addr, upstream, alg, key),
+    );
+    let mut cmd = pinned(SUT_CPU, "haproxy");
+    cmd.arg("-db").arg("-f").arg(&file);
+    let p = Proc::spawn(name, cmd);
+    wait_listening(addr, &p).await;
+    System {
+        name: name.into(),
+        addr,
+        _proc: p,
+    }
+}
+
+async fn gateway(dir: &Path, name: &str, upstream: SocketAddr, auth: &str) -> System {
+    let addr = free_addr();
+    let cfg = GatewayConfig::hs256(upstream).auth(auth);
+    let text = cfg.render(addr).replace("threads = 2", "threads = 1");
+    let file = write(dir, &format!("{name}.toml"), &text);
+    let mut cmd = pinned(SUT_CPU, &bin("proxy").display().to_string());
+    cmd.arg("--config")
+        .arg(&file)
+        .env("JWT_SECRET", SECRET)
+        .env("RUST_LOG", "warn");
+    let p = Proc::spawn(name, cmd);
+    wait_listening(addr, &p).await;
+    System {
+        name: name.into(),
+        addr,
+        _proc: p,
+    }
+}
+
+/// One `oha` run: (requests/s, p99 ms, status code counts).
+fn oha(url: &str, conns: u32, duration: &str) -> (f64, f64, Value) {
+    let out = pinned(LOAD_CPU, "oha")
+        .args([
+            "-z",
+            duration,
+            "-c",
+            &conns.to_string(),
+            "--no-tui",
+            "--output-format",
+            "json",
+            url,
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("oha: {e}"));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "oha output ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let rps = v["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0);
+    let p99 = v["latencyPercentiles"]["p99"].as_f64().unwrap_or(0.0) * 1000.0;
+    (rps, p99, v["statusCodeDistribution"].clone())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+struct Scenario<'a> {
+    name: String,
+    query: String,
+    expect: u16,
+    conns: u32,
+    systems: Vec<&'a System>,
+}
+
+fn require(tool: &str, how: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("loadbench: {tool} is missing: {how}");
+        std::process::exit(1);
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    require("oha", "cargo install oha --locked");
+    require("haproxy", "apt-get install -y haproxy");
+    require("nginx", "apt-get install -y nginx");
+    require("taskset", "apt-get install -y util-linux");
+    require("openssl", "apt-get install -y openssl");
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let duration = std::env::var("BENCH_DURATION").unwrap_or_else(|_| "4s".into());
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tmp.path();
+
+    // Upstreams on the load CPU: a trivial 200, and upstream-demo (a real Engine.IO handshake).
+    let (trivial, _t) = nginx(
+        dir,
+        "trivial",
+        "  server { listen LISTEN; location / { return 200 \"ok\"; } }",
+        LOAD_CPU,
+    )
+    .await;
+    let demo_addr = free_addr();
+    let demo_cfg = write(
+        dir,
+        "demo.toml",
+        &format!("[demo]\nlisten = \"{demo_addr}\"\n"),
+    );
+    let mut demo_cmd = pinned(LOAD_CPU, &bin("upstream-demo").display().to_string());
+    demo_cmd
+        .arg("--config")
+        .arg(&demo_cfg)
+        .env("JWT_SECRET", SECRET)
+        .env("RUST_LOG", "warn");
+    let demo_proc = Proc::spawn("upstream-demo", demo_cmd);
+    wait_listening(demo_addr, &demo_proc).await;
+
+    // Certificates for HAProxy's RS256/ES256 verification, from the fixture keys.
+    let cert = |key: &str| {
+        let out = dir.join(format!("{key}.crt"));
+        let ok = Command::new("openssl")
+            .args([
+                "req",
+                "-new",
+                "-x509",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=bench",
+                "-key",
+            ])
+            .arg(fixture(&format!("{key}.key.pem")))
+            .arg("-out")
+            .arg(&out)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "openssl could not make a certificate for {key}");
+        out.display().to_string()
+    };
+    let (rsa_crt, ec_crt) = (cert("rsa"), cert("ec256"));
+
+    let hs_auth = "algorithms = [\"HS256\"]\nsecret_env = \"JWT_SECRET\"\nissuer = \"upstream-demo\"\naudience = \"socket.io\"\n";
+    let gw = gateway(dir, "gateway", trivial, hs_auth).await;
+    let ha = haproxy(dir, "haproxy+jwt", trivial, "HS256", SECRET).await;
+    let ngx_body = "  upstream u { server UP; keepalive 64; }\n  server { listen LISTEN; location / { proxy_pass http://u; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }";
+    let (ngx_addr, ngx_proc) = nginx(
+        dir,
+        "nginx-noauth",
+        &ngx_body.replace("UP", &trivial.to_string()),
+        SUT_CPU,
+    )
+    .await;
+    let ngx = System {
+        name: "nginx (no auth)".into(),
+        addr: ngx_addr,
+        _proc: ngx_proc,
+    };
+
+    let gw_demo = gateway(dir, "gateway", demo_addr, hs_auth).await;
+    let ha_demo = haproxy(dir, "haproxy+jwt", demo_addr, "HS256", SECRET).await;
+    let (nd_addr, nd_proc) = nginx(
+        dir,
+        "nginx-demo",
+        &ngx_body.replace("UP", &demo_addr.to_string()),
+        SUT_CPU,
+    )
+    .await;
+    let ngx_demo = System {
+        name: "nginx (no auth)".into(),
+        addr: nd_addr,
+        _proc: nd_proc,
+    };
+
+    let rs_auth = format!(
+        "algorithms = [\"RS256\"]\npublic_key_file = \"{}\"\nissuer = \"upstream-demo\"\naudience = \"socket.io\"\n",
+        fixture("rsa.pub.pem").display()
+    );
+    let es_auth = format!(
+        "algorithms = [\"ES256\"]\npublic_key_file = \"{}\"\nissuer = \"upstream-demo\"\naudience = \"socket.io\"\n",
+        fixture("ec256.pub.pem").display()
+    );
+    let gw_rs = gateway(dir, "gateway RS256", trivial, &rs_auth).await;
+    let ha_rs = haproxy(dir, "haproxy+jwt RS256", trivial, "RS256", &rsa_crt).await;
+    let gw_es = gateway(dir, "gateway ES256", trivial, &es_auth).await;
+    let ha_es = haproxy(dir, "haproxy+jwt ES256", trivial, "ES256", &ec_crt).await;
+
+    let mut long = claims("gonzalo");
+    long["exp"] = json!(tests::tokens::now() + 24 * 3600);
+    let valid = hs256(&long);
+    let mut exp = long.clone();
+    exp["exp"] = json!(1_000_000);
+    let expired = hs256(&exp);
+    let bad_sig = format!("{}x", &valid[..valid.len() - 1]);
+    let rs = sign(Algorithm::RS256, &private_key("rsa"), None, &long);
+    let es = sign(Algorithm::ES256, &private_key("ec256"), None, &long);
+    let q = |t: &str| format!("/socket.io/?EIO=4&transport=polling&token={t}");
+
+    let mut scenarios = Vec::new();
+    for c in [10, 50, 200] {
+        scenarios.push(Scenario {
+            name: format!("valid HS256 -> 200, c={c}"),
+            query: q(&valid),
+            expect: 200,
+            conns: c,
+            systems: vec![&gw, &ha, &ngx],
+        });
+    }
+    for (what, query) in [
+        ("bad signature", q(&bad_sig)),
+        ("expired", q(&expired)),
+        (
+            "no token",
+            "/socket.io/?EIO=4&transport=polling".to_string(),
+        ),
+    ] {
+        scenarios.push(Scenario {
+            name: format!("reject {what}, c=50"),
+            query,
+            expect: 401,
+            conns: 50,
+            systems: vec![&gw, &ha],
+        });
+    }
+    scenarios.push(Scenario {
+        name: "valid HS256 -> upstream-demo handshake, c=50".into(),
+        query: q(&valid),
+        expect: 200,
+        conns: 50,
+        systems: vec![&gw_demo, &ha_demo, &ngx_demo],
+    });
+    scenarios.push(Scenario {
+        name: "valid RS256 -> 200, c=50".into(),
+        query: q(&rs),
+        expect: 200,
+        conns: 50,
+        systems: vec![&gw_rs, &ha_rs],
+    });
+    scenarios.push(Scenario {
+        name: "valid ES256 -> 200, c=50".into(),
+        query: q(&es),
+        expect: 200,
+        conns: 50,
+        systems: vec![&gw_es, &ha_es],
+    });
+    scenarios.retain(|s| only.is_empty() || s.name.contains(&only));
+
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "| scenario | system | req/s median (min..max) | p99 ms median | x HAProxy (median of rounds) | x nginx |\n|---|---|---|---|---|---|"
+    );
+    for s in &scenarios {
+        // Warm-up, and a check that every system answers as expected.
+        for sys in &s.systems {
+            let (_, _, codes) = oha(&format!("http://{}{}", sys.addr, s.query), s.conns, "1s");
+            let want = s.expect.to_string();
+            let total: u64 = codes
+                .as_object()
+                .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+            let good = codes[&want].as_u64().unwrap_or(0);
+            assert!(
+                total > 0 && good == total,
+                "{} on {}: expected only {want}, got {codes}",
+                sys.name,
+                s.name
+            );
+        }
+        let mut rps = vec![Vec::new(); s.systems.len()];
+        let mut p99 = vec![Vec::new(); s.systems.len()];
+        for _ in 0..rounds {
+            for (i, sys) in s.systems.iter().enumerate() {
+                let (r, p, _) = oha(
+                    &format!("http://{}{}", sys.addr, s.query),
+                    s.conns,
+                    &duration,
+                );
+                rps[i].push(r);
+                p99[i].push(p);
+            }
+        }
+        let ratio_to = |i: usize, j: usize| {
+            median(
+                (0..rounds)
+                    .map(|k| rps[i][k] / rps[j][k].max(1e-9))
+                    .collect(),
+            )
+        };
+        for (i, sys) in s.systems.iter().enumerate() {
+            let min = rps[i].iter().copied().fold(f64::INFINITY, f64::min);
+            let max = rps[i].iter().copied().fold(0.0, f64::max);
+            let vs_ha = if s.systems.len() > 1 && i != 1 {
+                format!("{:.2}", ratio_to(i, 1))
+            } else {
+                "-".into()
+            };
+            let vs_ngx = if s.systems.len() > 2 && i != 2 {
+                format!("{:.2}", ratio_to(i, 2))
+            } else {
+                "-".into()
+            };
+            let _ = writeln!(
+                table,
+                "| {} | {} | {:.0} ({:.0}..{:.0}) | {:.2} | {} | {} |",
+                s.name,
+                sys.name,
+                median(rps[i].clone()),
+                min,
+                max,
+                median(p99[i].clone()),
+                vs_ha,
+                vs_ngx
+            );
+        }
+        eprintln!("done: {}", s.name);
+    }
+    let cpus = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    println!(
+        "machine: {} CPUs, {cpus}; SUT pinned to CPU {SUT_CPU}, oha + upstream on CPU {LOAD_CPU}; {rounds} rounds of {duration} each, interleaved\n",
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+    print!("{table}");
+    drop(demo_proc);
+    std::thread::sleep(Duration::from_millis(100));
+}

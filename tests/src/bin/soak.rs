@@ -1,0 +1,227 @@
+//! WebSocket soak: opens N authenticated socket.io WebSocket connections through the
+//! gateway to upstream-demo, checks each `welcome`, holds them, sends `echo` on a
+//! sample, and reports connect p50/p99, echo p99, connections lost while held, and the
+//! gateway's memory per connection (VmRSS from /proc/PID/status).
+//!
+//! `target/release/soak [N ...]` (default: 1000 and the most the descriptor limit
+//! allows). Environment: `SOAK_HOLD` seconds to hold (default 10).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use serde_json::json;
+use tests::eio::{Recv, Ws};
+use tests::procs::{Demo, Gateway, GatewayConfig};
+use tests::tokens::{claims, hs256};
+use tokio::net::TcpSocket;
+use tokio::sync::{Mutex, Notify, Semaphore};
+
+const SOURCES: u8 = 8;
+const ECHO_SAMPLE: usize = 200;
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+struct Outcome {
+    n: usize,
+    welcomed: usize,
+    connect: Vec<Duration>,
+    echo: Vec<Duration>,
+    lost: usize,
+    rss_base: u64,
+    rss_loaded: u64,
+}
+
+async fn open(addr: SocketAddr, i: usize, token: &str) -> Result<Ws, String> {
+    let source = Ipv4Addr::new(127, 0, 0, 1 + (i % usize::from(SOURCES)) as u8);
+    let sock = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    sock.bind(SocketAddr::new(source.into(), 0))
+        .map_err(|e| e.to_string())?;
+    let stream = sock.connect(addr).await.map_err(|e| e.to_string())?;
+    Ws::over(stream, addr, &format!("token={token}"))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn run(n: usize, hold: Duration) -> Outcome {
+    let demo = Demo::start("5s").await;
+    let cfg = GatewayConfig::hs256(demo.addr)
+        .proxy("shutdown_grace = \"1s\"")
+        .rust_log("warn");
+    let gw = Gateway::start(&cfg).await;
+    let pid = gw.proc_.pid();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_base = rss_kib(pid);
+
+    let mut c = claims("soak");
+    c["exp"] = json!(tests::tokens::now() + 3600);
+    let token = Arc::new(hs256(&c));
+    let gate = Arc::new(Semaphore::new(256));
+    let welcomed = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let all_open = Arc::new(Notify::new());
+    let released = Arc::new(Notify::new());
+    let echoes = Arc::new(Mutex::new(Vec::new()));
+    let connects = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = FuturesUnordered::new();
+    for i in 0..n {
+        let (token, gate, welcomed, closed) = (
+            token.clone(),
+            gate.clone(),
+            welcomed.clone(),
+            closed.clone(),
+        );
+        let (all_open, released, echoes, connects) = (
+            all_open.clone(),
+            released.clone(),
+            echoes.clone(),
+            connects.clone(),
+        );
+        let addr = gw.addr;
+        tasks.push(tokio::spawn(async move {
+            let permit = gate.acquire_owned().await;
+            let t0 = Instant::now();
+            let mut ws = match tokio::time::timeout(Duration::from_secs(30), open(addr, i, &token)).await {
+                Ok(Ok(ws)) => ws,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err("connect timed out".into()),
+            };
+            let welcome = tokio::time::timeout(Duration::from_secs(30), ws.open_and_join()).await;
+            if welcome.ok() != Some(json!({ "user": "soak" })) {
+                return Err("no welcome".into());
+            }
+            connects.lock().await.push(t0.elapsed());
+            drop(permit);
+            welcomed.fetch_add(1, Ordering::SeqCst);
+            // Hold: answer pings until told to echo (a sample) and then to let go.
+            let notified = all_open.notified();
+            tokio::pin!(notified);
+            loop {
+                tokio::select! {
+                    _ = &mut notified => break,
+                    r = ws.recv() => if r == Recv::Closed { closed.fetch_add(1, Ordering::SeqCst); return Ok(()); },
+                }
+            }
+            if i < ECHO_SAMPLE {
+                let t = Instant::now();
+                ws.echo(1, &json!({ "i": i })).await;
+                echoes.lock().await.push(t.elapsed());
+            }
+            let let_go = released.notified();
+            tokio::pin!(let_go);
+            loop {
+                tokio::select! {
+                    _ = &mut let_go => return Ok(()),
+                    r = ws.recv() => if r == Recv::Closed { closed.fetch_add(1, Ordering::SeqCst); return Ok(()); },
+                }
+            }
+        }));
+        if i % 500 == 499 {
+            tokio::task::yield_now().await;
+        }
+    }
+    // Wait until every connection is welcomed or failed.
+    let start = Instant::now();
+    while welcomed.load(Ordering::SeqCst) < n && start.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(hold).await;
+    let rss_loaded = rss_kib(pid);
+    all_open.notify_waiters();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    released.notify_waiters();
+    let mut errors = 0;
+    while let Some(r) = tasks.next().await {
+        if !matches!(r, Ok(Ok(()))) {
+            errors += 1;
+        }
+    }
+    if errors > 0 {
+        eprintln!("soak: {errors} connections failed");
+    }
+    let mut connect = connects.lock().await.clone();
+    connect.sort();
+    let mut echo = echoes.lock().await.clone();
+    echo.sort();
+    drop(gw);
+    drop(demo);
+    Outcome {
+        n,
+        welcomed: welcomed.load(Ordering::SeqCst),
+        connect,
+        echo,
+        lost: closed.load(Ordering::SeqCst),
+        rss_base,
+        rss_loaded,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    // The gateway holds two descriptors per proxied WebSocket: raise the soft limit to
+    // the hard one (children inherit it) and size "max" from it.
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
+    if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        eprintln!("soak: cannot raise the descriptor limit from {soft}: {e}");
+    }
+    let max = usize::try_from(hard.saturating_sub(200) / 2).unwrap_or(1000);
+    let sizes: Vec<usize> = {
+        let args: Vec<usize> = std::env::args()
+            .skip(1)
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        if args.is_empty() {
+            vec![1000, max]
+        } else {
+            args
+        }
+    };
+    let hold = Duration::from_secs(
+        std::env::var("SOAK_HOLD")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10),
+    );
+    println!("descriptor limit {hard}; hold {hold:?}; echo sample {ECHO_SAMPLE}\n");
+    println!(
+        "| connections | welcomed | connect p50 ms | connect p99 ms | echo p99 ms | lost while held | gateway RSS idle -> loaded (MiB) | KiB per connection |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for n in sizes {
+        let o = run(n, hold).await;
+        let per = (o.rss_loaded.saturating_sub(o.rss_base)) as f64 / o.n as f64;
+        println!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {} | {:.1} -> {:.1} | {:.2} |",
+            o.n,
+            o.welcomed,
+            pct(&o.connect, 0.5).as_secs_f64() * 1000.0,
+            pct(&o.connect, 0.99).as_secs_f64() * 1000.0,
+            pct(&o.echo, 0.99).as_secs_f64() * 1000.0,
+            o.lost,
+            o.rss_base as f64 / 1024.0,
+            o.rss_loaded as f64 / 1024.0,
+            per
+        );
+    }
+}
