@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
@@ -13,6 +15,14 @@ use pingora::services::background::{BackgroundService, background_service};
 use crate::config::Settings;
 use crate::gateway::{Gateway, InFlight};
 use crate::logging::Redactor;
+
+/// Read buffer of each client connection. Pingora's default is 64 KiB, zero-filled per
+/// connection: with thousands of mostly idle WebSockets that is most of the memory. An
+/// Engine.IO request head or frame fits in a few KiB; larger ones take more reads.
+const DOWNSTREAM_READ_BUFFER: usize = 4 * 1024;
+
+/// Write buffer of each client connection (Pingora's default: one MSS).
+const DOWNSTREAM_WRITE_BUFFER: usize = 1460;
 
 /// Re-reads a `jwks_file` when it changes (polls its metadata).
 #[derive(Debug)]
@@ -99,7 +109,9 @@ pub fn run(settings: Settings, redactor: Redactor) -> ! {
     let in_flight = InFlight::default();
     let gateway = Gateway::new(settings.clone(), Arc::new(redactor), in_flight.clone());
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
-    proxy.add_tcp(&settings.listen.to_string());
+    proxy.add_listener(ListenerConfig::tcp(settings.listen.to_string()).l4_buffer(
+        L4BufferSettings::new(DOWNSTREAM_READ_BUFFER, DOWNSTREAM_WRITE_BUFFER),
+    ));
     server.add_service(proxy);
 
     if settings.keys.watched_file().is_some() {

@@ -191,6 +191,8 @@ pub fn event(packet: &str, name: &str) -> Option<Value> {
 #[derive(Debug)]
 pub struct Ws {
     stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Why the last [`Ws::recv`] saw the connection end (close frame, EOF or error).
+    ended: Option<String>,
 }
 
 /// What ended a [`Ws::recv`].
@@ -221,7 +223,10 @@ impl Ws {
             );
         }
         let (stream, _) = tokio_tungstenite::connect_async(req).await?;
-        Ok(Ws { stream })
+        Ok(Ws {
+            stream,
+            ended: None,
+        })
     }
 
     /// Opens a WebSocket session over an already connected TCP stream (the soak tool
@@ -237,7 +242,10 @@ impl Ws {
         );
         let (stream, _) =
             tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await?;
-        Ok(Ws { stream })
+        Ok(Ws {
+            stream,
+            ended: None,
+        })
     }
 
     /// Sends a text frame.
@@ -266,7 +274,18 @@ impl Ws {
                     }
                     return Recv::Text(t.as_str().to_string());
                 }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Recv::Closed,
+                Some(Ok(Message::Close(frame))) => {
+                    self.ended = Some(format!("close frame {frame:?}"));
+                    return Recv::Closed;
+                }
+                None => {
+                    self.ended = Some("end of stream".into());
+                    return Recv::Closed;
+                }
+                Some(Err(e)) => {
+                    self.ended = Some(format!("error: {e}"));
+                    return Recv::Closed;
+                }
                 Some(Ok(_)) => {}
             }
         }
@@ -276,7 +295,10 @@ impl Ws {
     pub async fn expect(&mut self) -> String {
         match tokio::time::timeout(STEP, self.recv()).await {
             Ok(Recv::Text(t)) => t,
-            Ok(Recv::Closed) => panic!("connection closed"),
+            Ok(Recv::Closed) => panic!(
+                "connection closed ({})",
+                self.ended.as_deref().unwrap_or("?")
+            ),
             Err(_) => panic!("no frame within {STEP:?}"),
         }
     }

@@ -11,12 +11,16 @@ use crate::{READY_TIMEOUT, SECRET};
 
 /// The directory holding the workspace binaries of the profile the tests were built with.
 pub fn bin_dir() -> PathBuf {
-    // target/<profile>/deps/<test-binary>
+    // target/<profile>/deps/<test-binary>, or target/<profile>/<tool> for the bench tools
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| panic!("unexpected test binary location {}", exe.display()))
+    let dir = exe
+        .parent()
+        .unwrap_or_else(|| panic!("unexpected binary location {}", exe.display()));
+    if dir.ends_with("deps") {
+        dir.parent().unwrap_or(dir).to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Path of a workspace binary; fails loudly when it has not been built.
@@ -184,6 +188,8 @@ pub struct GatewayConfig {
     pub auth: String,
     /// `RUST_LOG` for the process.
     pub rust_log: String,
+    /// `[upstream].connect_timeout`.
+    pub upstream_connect_timeout: String,
 }
 
 impl GatewayConfig {
@@ -203,6 +209,7 @@ forward_claims = { role = "x-auth-role", "org.id" = "x-auth-org" }
 "#
             .into(),
             rust_log: "info".into(),
+            upstream_connect_timeout: "1s".into(),
         }
     }
 
@@ -227,8 +234,8 @@ forward_claims = { role = "x-auth-role", "org.id" = "x-auth-org" }
     /// The file text for a gateway listening on `listen`.
     pub fn render(&self, listen: SocketAddr) -> String {
         format!(
-            "[proxy]\nlisten = \"{listen}\"\nthreads = 2\n{}\n\n[upstream]\nservers = [\"{}\"]\nconnect_timeout = \"1s\"\n\n[auth]\n{}\n",
-            self.proxy, self.upstream, self.auth
+            "[proxy]\nlisten = \"{listen}\"\nthreads = 2\n{}\n\n[upstream]\nservers = [\"{}\"]\nconnect_timeout = \"{}\"\n\n[auth]\n{}\n",
+            self.proxy, self.upstream, self.upstream_connect_timeout, self.auth
         )
     }
 }

@@ -66,7 +66,7 @@ fn haproxy_conf(listen: SocketAddr, upstream: SocketAddr, alg: &str, key: &str) 
     format!(
         r#"global
     nbthread 1
-    maxconn 20000
+    maxconn 9000
 defaults
     mode http
     timeout connect 2s
@@ -197,7 +197,6 @@ async fn main() {
     require("haproxy", "apt-get install -y haproxy");
     require("nginx", "apt-get install -y nginx");
     require("taskset", "apt-get install -y util-linux");
-    require("openssl", "apt-get install -y openssl");
     let rounds: usize = std::env::var("BENCH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
@@ -231,29 +230,11 @@ async fn main() {
     let demo_proc = Proc::spawn("upstream-demo", demo_cmd);
     wait_listening(demo_addr, &demo_proc).await;
 
-    // Certificates for HAProxy's RS256/ES256 verification, from the fixture keys.
-    let cert = |key: &str| {
-        let out = dir.join(format!("{key}.crt"));
-        let ok = Command::new("openssl")
-            .args([
-                "req",
-                "-new",
-                "-x509",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=bench",
-                "-key",
-            ])
-            .arg(fixture(&format!("{key}.key.pem")))
-            .arg("-out")
-            .arg(&out)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "openssl could not make a certificate for {key}");
-        out.display().to_string()
-    };
-    let (rsa_crt, ec_crt) = (cert("rsa"), cert("ec256"));
+    // HAProxy 2.6 verifies RS256/ES256 with a PEM public key path, the same files.
+    let (rsa_pub, ec_pub) = (
+        fixture("rsa.pub.pem").display().to_string(),
+        fixture("ec256.pub.pem").display().to_string(),
+    );
 
     let hs_auth = "algorithms = [\"HS256\"]\nsecret_env = \"JWT_SECRET\"\nissuer = \"upstream-demo\"\naudience = \"socket.io\"\n";
     let gw = gateway(dir, "gateway", trivial, hs_auth).await;
@@ -296,9 +277,30 @@ async fn main() {
         fixture("ec256.pub.pem").display()
     );
     let gw_rs = gateway(dir, "gateway RS256", trivial, &rs_auth).await;
-    let ha_rs = haproxy(dir, "haproxy+jwt RS256", trivial, "RS256", &rsa_crt).await;
+    let ha_rs = haproxy(dir, "haproxy+jwt RS256", trivial, "RS256", &rsa_pub).await;
     let gw_es = gateway(dir, "gateway ES256", trivial, &es_auth).await;
-    let ha_es = haproxy(dir, "haproxy+jwt ES256", trivial, "ES256", &ec_crt).await;
+    let gw_rs_nc = gateway(
+        dir,
+        "gateway RS256, verify_cache = 0",
+        trivial,
+        &format!("{rs_auth}verify_cache = 0\n"),
+    )
+    .await;
+    let gw_es_nc = gateway(
+        dir,
+        "gateway ES256, verify_cache = 0",
+        trivial,
+        &format!("{es_auth}verify_cache = 0\n"),
+    )
+    .await;
+    let gw_nc = gateway(
+        dir,
+        "gateway, verify_cache = 0",
+        trivial,
+        &format!("{hs_auth}verify_cache = 0\n"),
+    )
+    .await;
+    let ha_es = haproxy(dir, "haproxy+jwt ES256", trivial, "ES256", &ec_pub).await;
 
     let mut long = claims("gonzalo");
     long["exp"] = json!(tests::tokens::now() + 24 * 3600);
@@ -318,7 +320,11 @@ async fn main() {
             query: q(&valid),
             expect: 200,
             conns: c,
-            systems: vec![&gw, &ha, &ngx],
+            systems: if c == 50 {
+                vec![&gw, &ha, &ngx, &gw_nc]
+            } else {
+                vec![&gw, &ha, &ngx]
+            },
         });
     }
     for (what, query) in [
@@ -349,14 +355,14 @@ async fn main() {
         query: q(&rs),
         expect: 200,
         conns: 50,
-        systems: vec![&gw_rs, &ha_rs],
+        systems: vec![&gw_rs, &ha_rs, &gw_rs_nc],
     });
     scenarios.push(Scenario {
         name: "valid ES256 -> 200, c=50".into(),
         query: q(&es),
         expect: 200,
         conns: 50,
-        systems: vec![&gw_es, &ha_es],
+        systems: vec![&gw_es, &ha_es, &gw_es_nc],
     });
     scenarios.retain(|s| only.is_empty() || s.name.contains(&only));
 
@@ -401,19 +407,16 @@ async fn main() {
                     .collect(),
             )
         };
+        let ha_i = s.systems.iter().position(|x| x.name.starts_with("haproxy"));
+        let ngx_i = s.systems.iter().position(|x| x.name.starts_with("nginx"));
+        let vs = |i: usize, j: Option<usize>| match j {
+            Some(j) if j != i => format!("{:.2}", ratio_to(i, j)),
+            _ => "-".to_string(),
+        };
         for (i, sys) in s.systems.iter().enumerate() {
             let min = rps[i].iter().copied().fold(f64::INFINITY, f64::min);
             let max = rps[i].iter().copied().fold(0.0, f64::max);
-            let vs_ha = if s.systems.len() > 1 && i != 1 {
-                format!("{:.2}", ratio_to(i, 1))
-            } else {
-                "-".into()
-            };
-            let vs_ngx = if s.systems.len() > 2 && i != 2 {
-                format!("{:.2}", ratio_to(i, 2))
-            } else {
-                "-".into()
-            };
+            let (vs_ha, vs_ngx) = (vs(i, ha_i), vs(i, ngx_i));
             let _ = writeln!(
                 table,
                 "| {} | {} | {:.0} ({:.0}..{:.0}) | {:.2} | {} | {} |",

@@ -65,7 +65,7 @@ async fn open(addr: SocketAddr, i: usize, token: &str) -> Result<Ws, String> {
 }
 
 async fn run(n: usize, hold: Duration) -> Outcome {
-    let demo = Demo::start("5s").await;
+    let demo = Demo::start("25s").await;
     let cfg = GatewayConfig::hs256(demo.addr)
         .proxy("shutdown_grace = \"1s\"")
         .rust_log("warn");
@@ -77,7 +77,7 @@ async fn run(n: usize, hold: Duration) -> Outcome {
     let mut c = claims("soak");
     c["exp"] = json!(tests::tokens::now() + 3600);
     let token = Arc::new(hs256(&c));
-    let gate = Arc::new(Semaphore::new(256));
+    let gate = Arc::new(Semaphore::new(64));
     let welcomed = Arc::new(AtomicUsize::new(0));
     let closed = Arc::new(AtomicUsize::new(0));
     let all_open = Arc::new(Notify::new());
@@ -158,7 +158,13 @@ async fn run(n: usize, hold: Duration) -> Outcome {
         }
     }
     if errors > 0 {
-        eprintln!("soak: {errors} connections failed");
+        eprintln!("soak: {errors} connections failed; last log lines:");
+        for (name, logs) in [("gateway", gw.logs()), ("upstream-demo", demo.proc_.logs())] {
+            let lines: Vec<&str> = logs.lines().collect();
+            for l in &lines[lines.len().saturating_sub(8)..] {
+                eprintln!("  {name}: {l}");
+            }
+        }
     }
     let mut connect = connects.lock().await.clone();
     connect.sort();
