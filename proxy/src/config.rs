@@ -401,12 +401,6 @@ impl Config {
             .metrics_listen
             .as_deref()
             .and_then(|a| parse_addr(&mut v, "proxy.metrics_listen", a));
-        if metrics_listen.is_some() {
-            v.push(
-                "proxy.metrics_listen",
-                "metrics are not available in this version; remove the key".into(),
-            );
-        }
 
         let mut servers = Vec::new();
         if self.upstream.servers.is_empty() {
@@ -416,13 +410,6 @@ impl Config {
             if let Some(addr) = parse_addr(&mut v, &format!("upstream.servers[{i}]"), s) {
                 servers.push(addr);
             }
-        }
-        if self.upstream.servers.len() > 1 {
-            v.push(
-                "upstream.servers",
-                "several servers (sticky load balancing) are not available in this version; list one"
-                    .into(),
-            );
         }
         if self.upstream.connect_timeout.0.is_zero() {
             v.push("upstream.connect_timeout", "must be more than 0s".into());
@@ -495,8 +482,11 @@ impl Config {
             (Some(listen), Some(keys), Some(paths), Some(user_header)) => Ok(Settings {
                 listen,
                 threads: self.proxy.threads,
+                metrics_listen,
                 shutdown_grace: self.proxy.shutdown_grace.0,
                 upstream: servers,
+                sticky: self.upstream.sticky,
+                health_check: self.upstream.health_check.0,
                 connect_timeout: self.upstream.connect_timeout.0,
                 keys,
                 issuer: auth.issuer.clone(),
@@ -639,10 +629,16 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Worker threads.
     pub threads: usize,
+    /// Where Prometheus metrics are served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// Drain time after SIGTERM.
     pub shutdown_grace: Duration,
-    /// Upstream servers (one in this version).
+    /// Upstream servers.
     pub upstream: Vec<SocketAddr>,
+    /// Which request property picks the server when there are several.
+    pub sticky: Sticky,
+    /// TCP health-check interval with several servers (zero: off).
+    pub health_check: Duration,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
     /// The verification keys (reloadable for `jwks_file`).

@@ -15,8 +15,14 @@ use pingora::protocols::http::error_resp;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
-use crate::config::Settings;
+use std::hash::{Hash, Hasher};
+
+use pingora::lb::LoadBalancer;
+use pingora::lb::selection::Consistent;
+
+use crate::config::{Settings, Sticky};
 use crate::logging::Redactor;
+use crate::metrics::Metrics;
 use crate::path::{Access, normalize};
 use crate::token::{self, Location};
 use crate::verify::{AuthError, ErrorCode, Rules, Verifier};
@@ -67,6 +73,53 @@ pub enum Outcome {
     BadRequest,
 }
 
+/// Where requests go: the one server, or several by consistent hashing (Ketama) over the
+/// servers that pass their health check.
+#[derive(Clone)]
+pub enum Upstreams {
+    /// A single server.
+    One(SocketAddr),
+    /// Several servers; health-checked in a background service.
+    Many(Arc<LoadBalancer<Consistent>>, Arc<SessionMap>),
+}
+
+/// Engine.IO session affinity: the server each `sid` was first routed to. Consistent
+/// hashing alone would move a session's requests when a server comes back (its keys
+/// return to it) and break sessions alive elsewhere; with this map a request of an
+/// established session goes where the session lives as long as that server is healthy.
+/// Bounded (least recently used entries go first), so floods cost a fixed amount.
+pub type SessionMap = quick_cache::sync::Cache<Box<str>, pingora::lb::Backend>;
+
+/// How many Engine.IO sessions the affinity map remembers.
+pub const SESSION_MAP_ENTRIES: usize = 100_000;
+
+/// The `sid` query parameter, if any.
+fn sid_of(query: Option<&str>) -> Option<&str> {
+    query?
+        .split('&')
+        .find_map(|p| p.strip_prefix("sid="))
+        .filter(|s| !s.is_empty())
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstreams::One(a) => write!(f, "One({a})"),
+            Upstreams::Many(lb, _) => {
+                write!(f, "Many({} servers)", lb.backends().get_backend().len())
+            }
+        }
+    }
+}
+
+/// The sticky key, hashed with a fixed-key hasher so that every gateway process (also
+/// after a graceful upgrade) maps a key to the same server.
+fn sticky_hash(bytes: &[u8]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
 /// Per-request state.
 #[derive(Debug)]
 pub struct RequestCtx {
@@ -76,6 +129,11 @@ pub struct RequestCtx {
     pub close_at: Option<f64>,
     /// Whether the upstream could not be reached.
     pub upstream_failed: bool,
+    /// Whether this request became an open WebSocket (counted in the gauge).
+    pub websocket: bool,
+    /// Hash of the sticky key (`upstream.sticky`): every request of one Engine.IO
+    /// session carries the same token, user and address, so it reaches the same server.
+    pub sticky: u64,
     _in_flight: InFlightGuard,
 }
 
@@ -86,6 +144,8 @@ pub struct Gateway {
     verifier: Verifier,
     redactor: Arc<Redactor>,
     in_flight: InFlight,
+    metrics: Metrics,
+    upstreams: Upstreams,
     /// Pre-rendered `WWW-Authenticate` for a missing token.
     challenge: &'static str,
 }
@@ -115,8 +175,16 @@ fn join_target(path: &[u8], query: Option<&[u8]>) -> Vec<u8> {
 
 impl Gateway {
     /// A gateway for these settings.
-    pub fn new(settings: Arc<Settings>, redactor: Arc<Redactor>, in_flight: InFlight) -> Self {
+    pub fn new(
+        settings: Arc<Settings>,
+        redactor: Arc<Redactor>,
+        in_flight: InFlight,
+        metrics: Metrics,
+        upstreams: Upstreams,
+    ) -> Self {
         Gateway {
+            upstreams,
+            metrics,
             verifier: Verifier::new(Rules::new(&settings), settings.verify_cache),
             settings,
             redactor,
@@ -220,6 +288,17 @@ impl Gateway {
         }
     }
 
+    /// Hash of the client address (the sticky key without a token).
+    fn ip_hash(session: &Session) -> u64 {
+        match session.client_addr().and_then(|a| a.as_inet()) {
+            Some(a) => match a.ip() {
+                std::net::IpAddr::V4(ip) => sticky_hash(&ip.octets()),
+                std::net::IpAddr::V6(ip) => sticky_hash(&ip.octets()),
+            },
+            None => 0,
+        }
+    }
+
     /// The request line with tokens redacted, for logs.
     fn summary(&self, session: &Session) -> String {
         let req = session.req_header();
@@ -237,6 +316,8 @@ impl ProxyHttp for Gateway {
             outcome: Outcome::Undecided,
             close_at: None,
             upstream_failed: false,
+            websocket: false,
+            sticky: 0,
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -266,6 +347,9 @@ impl ProxyHttp for Gateway {
 
         if access == Access::Open || self.is_public_fetch(session, &path, query) {
             ctx.outcome = Outcome::Public;
+            if matches!(self.upstreams, Upstreams::Many(..)) {
+                ctx.sticky = Self::ip_hash(session);
+            }
             if path_changed {
                 session
                     .req_header_mut()
@@ -297,10 +381,22 @@ impl ProxyHttp for Gateway {
             }
         };
         let keys = self.settings.keys.current();
-        let verified = match self.verifier.verify(&keys, &found.token, now_secs()) {
+        let started = std::time::Instant::now();
+        let result = self.verifier.verify(&keys, &found.token, now_secs());
+        self.metrics
+            .verify_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let verified = match result {
             Ok(v) => v,
             Err(err) => return self.reject(session, ctx, &err).await,
         };
+        if matches!(self.upstreams, Upstreams::Many(..)) {
+            ctx.sticky = match self.settings.sticky {
+                Sticky::Token => sticky_hash(found.token.as_bytes()),
+                Sticky::User => sticky_hash(verified.user.as_bytes()),
+                Sticky::Ip => Self::ip_hash(session),
+            };
+        }
         let location = found.location;
 
         ctx.outcome = Outcome::Allowed;
@@ -347,17 +443,60 @@ impl ProxyHttp for Gateway {
         Ok(false)
     }
 
-    /// The one upstream server, with the configured connect timeout.
+    /// The upstream server: the only one, or the healthy one the sticky key hashes to
+    /// (none healthy: `502`).
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
-        _ctx: &mut Self::CTX,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
-        let addr: SocketAddr = self.settings.upstream[0];
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let mut peer = match &self.upstreams {
+            Upstreams::One(addr) => HttpPeer::new(*addr, false, String::new()),
+            Upstreams::Many(lb, sessions) => {
+                let sid = sid_of(session.req_header().uri.query());
+                let known = sid
+                    .and_then(|sid| sessions.get(sid))
+                    .filter(|b| lb.backends().ready(b));
+                let chosen = known.or_else(|| {
+                    let b = lb.select(&ctx.sticky.to_le_bytes(), 256)?;
+                    if let Some(sid) = sid {
+                        sessions.insert(sid.into(), b.clone());
+                    }
+                    Some(b)
+                });
+                match chosen {
+                    Some(backend) => {
+                        tracing::debug!(sticky = ctx.sticky, backend = %backend.addr, "upstream chosen");
+                        HttpPeer::new(backend, false, String::new())
+                    }
+                    None => {
+                        return Err(Error::create(
+                            ErrorType::ConnectNoRoute,
+                            ErrorSource::Upstream,
+                            Some("no healthy upstream server".into()),
+                            None,
+                        ));
+                    }
+                }
+            }
+        };
         peer.options.connection_timeout = Some(self.settings.connect_timeout);
         peer.options.total_connection_timeout = Some(self.settings.connect_timeout);
         Ok(Box::new(peer))
+    }
+
+    /// A `101` from the upstream: one more open WebSocket (until `logging`).
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS && !ctx.websocket {
+            ctx.websocket = true;
+            self.metrics.websockets_open.inc();
+        }
+        Ok(())
     }
 
     /// Client-to-upstream bytes (on an upgraded WebSocket: every frame the client sends):
@@ -431,9 +570,25 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// One line per request: rejections at `info` (reason, client, redacted path),
-    /// everything else at `debug`.
+    /// Counts the request in the metrics, then one log line per request: rejections at
+    /// `info` (reason, client, redacted path), everything else at `debug`.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        match ctx.outcome {
+            Outcome::Allowed => self.metrics.allowed.inc(),
+            Outcome::Public => self.metrics.public.inc(),
+            Outcome::Rejected(code) => {
+                self.metrics.rejected.inc();
+                self.metrics.failure(code).inc();
+            }
+            Outcome::BadRequest => self.metrics.rejected.inc(),
+            Outcome::Undecided => {}
+        }
+        if ctx.upstream_failed {
+            self.metrics.upstream_errors.inc();
+        }
+        if ctx.websocket {
+            self.metrics.websockets_open.dec();
+        }
         let client = || {
             session
                 .client_addr()

@@ -10,6 +10,7 @@
 //! - [`keys`]: loading keys, pinning each to its algorithms, reloading `jwks_file`.
 //! - [`verify`]: signature and claim checks, mapped to the SPEC's error codes.
 //! - [`gateway`]: the `ProxyHttp` implementation tying the above together.
+//! - [`metrics`]: the Prometheus series, resolved once, counted in `logging`.
 //! - [`server`]: the Pingora server, built in code, with its background services.
 //! - [`logging`]: `RUST_LOG` tracing with token redaction at the sink.
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod gateway;
 pub mod keys;
 pub mod logging;
+pub mod metrics;
 pub mod path;
 pub mod server;
 pub mod token;

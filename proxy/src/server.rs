@@ -6,6 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use pingora::lb::LoadBalancer;
+use pingora::lb::health_check::TcpHealthCheck;
+use pingora::lb::selection::Consistent;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::ServerConf;
@@ -13,8 +16,9 @@ use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 
 use crate::config::Settings;
-use crate::gateway::{Gateway, InFlight};
+use crate::gateway::{Gateway, InFlight, SESSION_MAP_ENTRIES, SessionMap, Upstreams};
 use crate::logging::Redactor;
+use crate::metrics::Metrics;
 
 /// Read buffer of each client connection. Pingora's default is 64 KiB, zero-filled per
 /// connection: with thousands of mostly idle WebSockets that is most of the memory. An
@@ -107,13 +111,55 @@ pub fn run(settings: Settings, redactor: Redactor) -> ! {
     server.bootstrap();
 
     let in_flight = InFlight::default();
-    let gateway = Gateway::new(settings.clone(), Arc::new(redactor), in_flight.clone());
+    let metrics = match Metrics::register(prometheus::default_registry()) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!("cannot register metrics: {e}");
+            std::process::exit(1);
+        }
+    };
+    let upstreams = match settings.upstream.as_slice() {
+        [one] => Upstreams::One(*one),
+        many => {
+            let mut lb = match LoadBalancer::<Consistent>::try_from_iter(
+                many.iter().map(ToString::to_string),
+            ) {
+                Ok(lb) => lb,
+                Err(e) => {
+                    tracing::error!("upstream.servers: {e}");
+                    std::process::exit(1);
+                }
+            };
+            let mut hc = TcpHealthCheck::new();
+            hc.peer_template.options.connection_timeout = Some(settings.connect_timeout);
+            lb.set_health_check(hc);
+            lb.health_check_frequency =
+                (!settings.health_check.is_zero()).then_some(settings.health_check);
+            let service = background_service("upstream health check", lb);
+            let lb = service.task();
+            server.add_service(service);
+            Upstreams::Many(lb, Arc::new(SessionMap::new(SESSION_MAP_ENTRIES)))
+        }
+    };
+    let gateway = Gateway::new(
+        settings.clone(),
+        Arc::new(redactor),
+        in_flight.clone(),
+        metrics,
+        upstreams,
+    );
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
     proxy.add_listener(ListenerConfig::tcp(settings.listen.to_string()).l4_buffer(
         L4BufferSettings::new(DOWNSTREAM_READ_BUFFER, DOWNSTREAM_WRITE_BUFFER),
     ));
     server.add_service(proxy);
 
+    if let Some(addr) = settings.metrics_listen {
+        // Prometheus text at /metrics (the default registry, with process_* series).
+        let mut metrics = pingora_prometheus::prometheus_http_service();
+        metrics.add_tcp(&addr.to_string());
+        server.add_service(metrics);
+    }
     if settings.keys.watched_file().is_some() {
         server.add_service(background_service(
             "jwks_file watcher",

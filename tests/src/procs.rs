@@ -190,6 +190,10 @@ pub struct GatewayConfig {
     pub rust_log: String,
     /// `[upstream].connect_timeout`.
     pub upstream_connect_timeout: String,
+    /// More `[upstream].servers` after `upstream`.
+    pub more_upstreams: Vec<SocketAddr>,
+    /// Extra `[upstream]` lines (`sticky`, `health_check`).
+    pub upstream_lines: String,
 }
 
 impl GatewayConfig {
@@ -210,6 +214,8 @@ forward_claims = { role = "x-auth-role", "org.id" = "x-auth-org" }
             .into(),
             rust_log: "info".into(),
             upstream_connect_timeout: "1s".into(),
+            more_upstreams: Vec::new(),
+            upstream_lines: String::new(),
         }
     }
 
@@ -233,9 +239,17 @@ forward_claims = { role = "x-auth-role", "org.id" = "x-auth-org" }
 
     /// The file text for a gateway listening on `listen`.
     pub fn render(&self, listen: SocketAddr) -> String {
+        let servers: Vec<String> = std::iter::once(&self.upstream)
+            .chain(&self.more_upstreams)
+            .map(|a| format!("\"{a}\""))
+            .collect();
         format!(
-            "[proxy]\nlisten = \"{listen}\"\nthreads = 2\n{}\n\n[upstream]\nservers = [\"{}\"]\nconnect_timeout = \"{}\"\n\n[auth]\n{}\n",
-            self.proxy, self.upstream, self.upstream_connect_timeout, self.auth
+            "[proxy]\nlisten = \"{listen}\"\nthreads = 2\n{}\n\n[upstream]\nservers = [{}]\nconnect_timeout = \"{}\"\n{}\n\n[auth]\n{}\n",
+            self.proxy,
+            servers.join(", "),
+            self.upstream_connect_timeout,
+            self.upstream_lines,
+            self.auth
         )
     }
 }
