@@ -18,6 +18,14 @@ struct Cli {
     /// Validate the configuration and everything it refers to, print `ok`, and exit.
     #[arg(long)]
     check: bool,
+    /// Take over the listening sockets of the running gateway (same `proxy.listen`):
+    /// start this process, then send the old one SIGQUIT; it hands over and drains.
+    #[arg(long)]
+    upgrade: bool,
+    /// Run in the background, writing the PID to `/tmp/socketio-jwt-gateway-<port>.pid`
+    /// (for systemd `Type=forking` units that reload by upgrading).
+    #[arg(long)]
+    daemon: bool,
 }
 
 /// Names whose values the log redacts: the configured query parameters and cookies
@@ -49,5 +57,5 @@ fn main() -> ExitCode {
         println!("ok");
         return ExitCode::SUCCESS;
     }
-    proxy::server::run(settings, redactor_for(&cli.config))
+    proxy::server::run(settings, redactor_for(&cli.config), cli.upgrade, cli.daemon)
 }

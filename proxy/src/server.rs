@@ -11,7 +11,7 @@ use pingora::lb::health_check::TcpHealthCheck;
 use pingora::lb::selection::Consistent;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
-use pingora::server::configuration::ServerConf;
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 
@@ -104,10 +104,20 @@ pub fn server_conf(settings: &Settings) -> ServerConf {
     }
 }
 
-/// Runs the gateway until SIGTERM (drain, exit 0) or SIGINT (exit at once).
-pub fn run(settings: Settings, redactor: Redactor) -> ! {
+/// Runs the gateway until SIGTERM (drain, exit 0), SIGQUIT (hand the listening sockets
+/// to a process started with `upgrade`, then drain) or SIGINT (exit at once).
+pub fn run(settings: Settings, redactor: Redactor, upgrade: bool, daemon: bool) -> ! {
     let settings = Arc::new(settings);
-    let mut server = Server::new_with_opt_and_conf(None, server_conf(&settings));
+    let opt = Opt {
+        upgrade,
+        daemon,
+        ..Opt::default()
+    };
+    let conf = server_conf(&settings);
+    if upgrade {
+        tracing::info!(socket = %conf.upgrade_sock, "waiting for the running gateway's listening sockets (send it SIGQUIT)");
+    }
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
     let in_flight = InFlight::default();
