@@ -513,13 +513,16 @@ impl Config {
 
     /// Exactly one key source; `secret_env = "JWT_SECRET"` when none is written.
     fn key_source(&self, v: &mut Problems<'_>, base_dir: &Path) -> Option<KeySource> {
-        if self.auth.jwks_url.is_some() {
-            v.push(
-                "auth.jwks_url",
-                "fetching keys from a URL is not available in this version; use auth.jwks_file"
-                    .into(),
-            );
-            return None;
+        if let Some(url) = &self.auth.jwks_url {
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || reqwest::Url::parse(url).is_err()
+            {
+                v.push(
+                    "auth.jwks_url",
+                    format!("{url:?} is not an http:// or https:// URL"),
+                );
+                return None;
+            }
         }
         let mut given = self.auth.key_sources(base_dir);
         if given.len() > 1 {
@@ -563,7 +566,10 @@ impl AuthConfig {
         if let Some(p) = &self.jwks_file {
             given.push(("auth.jwks_file", KeySource::JwksFile(resolve(p))));
         }
-        if given.is_empty() && self.jwks_url.is_none() {
+        if let Some(url) = &self.jwks_url {
+            given.push(("auth.jwks_url", KeySource::JwksUrl(url.clone())));
+        }
+        if given.is_empty() {
             given.push(("auth.secret_env", KeySource::SecretEnv("JWT_SECRET".into())));
         }
         given

@@ -71,6 +71,8 @@ pub enum Outcome {
     Rejected(ErrorCode),
     /// Refused with `400` (a path that cannot be normalized safely).
     BadRequest,
+    /// Answered `503`: no `jwks_url` key set was ever fetched.
+    KeysUnavailable,
 }
 
 /// Where requests go: the one server, or several by consistent hashing (Ketama) over the
@@ -380,6 +382,18 @@ impl ProxyHttp for Gateway {
                 return self.reject(session, ctx, &err).await;
             }
         };
+        if !self.settings.keys.available() {
+            ctx.outcome = Outcome::KeysUnavailable;
+            self.respond_json(
+                session,
+                503,
+                None,
+                "keys_unavailable",
+                "the verification keys could not be fetched yet",
+            )
+            .await?;
+            return Ok(true);
+        }
         let keys = self.settings.keys.current();
         let started = std::time::Instant::now();
         let result = self.verifier.verify(&keys, &found.token, now_secs());
@@ -388,7 +402,12 @@ impl ProxyHttp for Gateway {
             .observe(started.elapsed().as_secs_f64());
         let verified = match result {
             Ok(v) => v,
-            Err(err) => return self.reject(session, ctx, &err).await,
+            Err(err) => {
+                if err.code == ErrorCode::UnknownKey {
+                    self.settings.keys.request_refetch();
+                }
+                return self.reject(session, ctx, &err).await;
+            }
         };
         if matches!(self.upstreams, Upstreams::Many(..)) {
             ctx.sticky = match self.settings.sticky {
@@ -580,7 +599,7 @@ impl ProxyHttp for Gateway {
                 self.metrics.rejected.inc();
                 self.metrics.failure(code).inc();
             }
-            Outcome::BadRequest => self.metrics.rejected.inc(),
+            Outcome::BadRequest | Outcome::KeysUnavailable => self.metrics.rejected.inc(),
             Outcome::Undecided => {}
         }
         if ctx.upstream_failed {

@@ -30,6 +30,8 @@ pub enum KeySource {
     PublicKeyFile(PathBuf),
     /// A JWK Set on disk, watched for changes.
     JwksFile(PathBuf),
+    /// A JWK Set fetched over HTTP(S) by a background task.
+    JwksUrl(String),
 }
 
 impl KeySource {
@@ -40,6 +42,7 @@ impl KeySource {
             KeySource::SecretFile(_) => "auth.secret_file",
             KeySource::PublicKeyFile(_) => "auth.public_key_file",
             KeySource::JwksFile(_) => "auth.jwks_file",
+            KeySource::JwksUrl(_) => "auth.jwks_url",
         }
     }
 }
@@ -235,6 +238,10 @@ pub struct KeyStore {
     current: ArcSwap<KeySet>,
     /// Last seen state of a watched file; only the reload task touches it.
     seen: Mutex<Option<FileStamp>>,
+    /// `jwks_url`: whether a key set was ever fetched (until then: 503, not 401).
+    fetched: std::sync::atomic::AtomicBool,
+    /// `jwks_url`: woken by a token with an unknown `kid` (the fetcher rate-limits).
+    refetch: tokio::sync::Notify,
 }
 
 impl KeyStore {
@@ -250,7 +257,46 @@ impl KeyStore {
             allowed: allowed.to_vec(),
             current: ArcSwap::from_pointee(set),
             seen: Mutex::new(seen),
+            fetched: std::sync::atomic::AtomicBool::new(false),
+            refetch: tokio::sync::Notify::new(),
         })
+    }
+
+    /// The URL to fetch keys from, if the source is `jwks_url`.
+    pub fn url(&self) -> Option<&str> {
+        match &self.source {
+            KeySource::JwksUrl(u) => Some(u),
+            _ => None,
+        }
+    }
+
+    /// False only for `jwks_url` before the first successful fetch.
+    pub fn available(&self) -> bool {
+        self.url().is_none() || self.fetched.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Installs a freshly fetched key set.
+    pub fn install(&self, set: KeySet) {
+        self.current.store(Arc::new(set));
+        self.fetched
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The algorithms keys are checked against.
+    pub fn allowed(&self) -> &[Algorithm] {
+        &self.allowed
+    }
+
+    /// Asks the fetcher for a fresh set (a token named an unknown `kid`). Cheap: no I/O.
+    pub fn request_refetch(&self) {
+        if self.url().is_some() {
+            self.refetch.notify_one();
+        }
+    }
+
+    /// Waits for [`KeyStore::request_refetch`].
+    pub async fn refetch_requested(&self) {
+        self.refetch.notified().await;
     }
 
     /// The current key set.
@@ -302,31 +348,32 @@ fn load_set(source: &KeySource, allowed: &[Algorithm]) -> Result<KeySet, String>
             single((kind, key), allowed)
         }
         KeySource::JwksFile(path) => {
-            let bytes = read(path)?;
-            let set: JwkSet = serde_json::from_slice(&bytes)
-                .map_err(|e| format!("{}: not a JWK Set: {e}", path.display()))?;
-            let mut keys = Vec::new();
-            for (i, jwk) in set.keys.iter().enumerate() {
-                match jwk_key(jwk, allowed) {
-                    Ok(Some(k)) => keys.push(k),
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(
-                        file = %path.display(),
-                        index = i,
-                        kid = jwk.common.key_id.as_deref().unwrap_or("-"),
-                        "skipping JWK: {e}"
-                    ),
-                }
-            }
-            if keys.is_empty() {
-                return Err(format!(
-                    "{}: no key in the set can verify any of auth.algorithms",
-                    path.display()
-                ));
-            }
-            Ok(KeySet::new(keys, true))
+            parse_jwks(&read(path)?, allowed).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        // Nothing until the first fetch succeeds (requests get 503 keys_unavailable).
+        KeySource::JwksUrl(_) => Ok(KeySet::new(Vec::new(), true)),
+    }
+}
+
+/// Parses a JWK Set, keeping the keys that fit `allowed` (the others are logged).
+pub fn parse_jwks(bytes: &[u8], allowed: &[Algorithm]) -> Result<KeySet, String> {
+    let set: JwkSet = serde_json::from_slice(bytes).map_err(|e| format!("not a JWK Set: {e}"))?;
+    let mut keys = Vec::new();
+    for (i, jwk) in set.keys.iter().enumerate() {
+        match jwk_key(jwk, allowed) {
+            Ok(Some(k)) => keys.push(k),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                index = i,
+                kid = jwk.common.key_id.as_deref().unwrap_or("-"),
+                "skipping JWK: {e}"
+            ),
         }
     }
+    if keys.is_empty() {
+        return Err("no key in the set can verify any of auth.algorithms".into());
+    }
+    Ok(KeySet::new(keys, true))
 }
 
 /// The HMAC secret of a `secret_env` or `secret_file` source, checked for length.

@@ -61,6 +61,108 @@ impl BackgroundService for KeyWatcher {
     }
 }
 
+/// Fetches a `jwks_url` at start, refreshes it at the server's `Cache-Control` max-age
+/// (bounded), and re-fetches when a token names an unknown `kid`, at most once per
+/// [`MIN_REFETCH`]. A failed fetch keeps the last good keys. `jku`/`x5u` headers of
+/// tokens are never followed: only this configured URL is fetched.
+#[derive(Debug)]
+struct JwksFetcher {
+    settings: Arc<Settings>,
+}
+
+/// Shortest time between two fetches triggered by unknown `kid`s.
+const MIN_REFETCH: Duration = Duration::from_secs(5);
+/// Refresh bounds: the server's max-age is clamped into them; without one, the upper.
+const REFRESH_MIN: Duration = Duration::from_secs(30);
+const REFRESH_MAX: Duration = Duration::from_secs(300);
+/// Retry delay after a failed fetch.
+const RETRY: Duration = Duration::from_secs(2);
+/// A JWK Set larger than this is refused.
+const MAX_JWKS_BYTES: usize = 1 << 20;
+
+fn max_age(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let cc = headers.get(reqwest::header::CACHE_CONTROL)?.to_str().ok()?;
+    cc.split(',')
+        .find_map(|d| d.trim().strip_prefix("max-age="))
+        .and_then(|v| v.trim().parse().ok())
+        .map(Duration::from_secs)
+}
+
+async fn fetch(
+    client: &reqwest::Client,
+    url: &str,
+    settings: &Settings,
+) -> Result<(crate::keys::KeySet, Duration), String> {
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("fetch failed: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("the server answered {}", resp.status()));
+    }
+    let refresh = max_age(resp.headers())
+        .unwrap_or(REFRESH_MAX)
+        .clamp(REFRESH_MIN, REFRESH_MAX);
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| format!("reading the body: {e}"))?;
+    if body.len() > MAX_JWKS_BYTES {
+        return Err(format!("the JWK Set is larger than {MAX_JWKS_BYTES} bytes"));
+    }
+    let set = crate::keys::parse_jwks(&body, settings.keys.allowed())?;
+    Ok((set, refresh))
+}
+
+#[async_trait]
+impl BackgroundService for JwksFetcher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let keys = &self.settings.keys;
+        let Some(url) = keys.url() else { return };
+        let client = match reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("auth.jwks_url: cannot build an HTTP client: {e}");
+                return;
+            }
+        };
+        let mut last: Option<Instant> = None;
+        let mut wait = Duration::ZERO;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(wait) => {}
+                _ = keys.refetch_requested() => {
+                    let since = last.map_or(MIN_REFETCH, |t| t.elapsed());
+                    if since < MIN_REFETCH {
+                        tokio::select! {
+                            _ = shutdown.changed() => return,
+                            _ = tokio::time::sleep(MIN_REFETCH - since) => {}
+                        }
+                    }
+                }
+            }
+            last = Some(Instant::now());
+            match fetch(&client, url, &self.settings).await {
+                Ok((set, refresh)) => {
+                    tracing::info!(url, keys = set.len(), refresh = ?refresh, "JWK Set fetched");
+                    keys.install(set);
+                    wait = refresh;
+                }
+                Err(e) => {
+                    tracing::error!(url, "JWK Set not fetched, keeping the last good keys: {e}");
+                    wait = RETRY;
+                }
+            }
+        }
+    }
+}
+
 /// After SIGTERM, exits as soon as no request or WebSocket is left, or lets Pingora's
 /// grace period (the same `shutdown_grace`) end and close what remains.
 #[derive(Debug)]
@@ -169,6 +271,14 @@ pub fn run(settings: Settings, redactor: Redactor, upgrade: bool, daemon: bool) 
         let mut metrics = pingora_prometheus::prometheus_http_service();
         metrics.add_tcp(&addr.to_string());
         server.add_service(metrics);
+    }
+    if settings.keys.url().is_some() {
+        server.add_service(background_service(
+            "jwks_url fetcher",
+            JwksFetcher {
+                settings: settings.clone(),
+            },
+        ));
     }
     if settings.keys.watched_file().is_some() {
         server.add_service(background_service(

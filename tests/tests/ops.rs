@@ -64,7 +64,7 @@ fn check_accepts_the_repository_config_and_reports_every_problem_of_a_bad_one() 
         "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let cases: Vec<(String, Vec<&str>)> = vec![
+    let mut cases: Vec<(String, Vec<&str>)> = vec![
         (
             "[proxy]\nlisten = \"localhost\"\nthreads = 0\nshutdown_grace = \"10s\"\n[upstream]\nservers = []\n[auth]\nalgorithms = [\"HS256\", \"none\", \"HS999\"]\ntoken_sources = [\"query:token\", \"body:token\"]\nuser_header = \"x auth\"\n".into(),
             vec![
@@ -109,6 +109,10 @@ fn check_accepts_the_repository_config_and_reports_every_problem_of_a_bad_one() 
             vec!["auth.secret_env (line 6): exactly one key source", "auth.secret_file (line 7): exactly one key source"],
         ),
     ];
+    cases.push((
+        "[proxy]\nlisten = \"127.0.0.1:1\"\n[upstream]\nservers = [\"127.0.0.1:2\"]\n[auth]\nalgorithms = [\"RS256\"]\njwks_url = \"ftp://idp/keys\"\n".into(),
+        vec!["auth.jwks_url (line 7): \"ftp://idp/keys\" is not an http:// or https:// URL"],
+    ));
     for (text, expected) in cases {
         std::fs::write(&bad, &text).unwrap_or_else(|e| panic!("{e}"));
         let (code, out, err) = check(&bad, None);
