@@ -95,12 +95,11 @@ pub type SessionMap = quick_cache::sync::Cache<Box<str>, pingora::lb::Backend>;
 /// How many Engine.IO sessions the affinity map remembers.
 pub const SESSION_MAP_ENTRIES: usize = 100_000;
 
-/// The `sid` query parameter, if any.
+/// The `sid` query parameter, if any (names decoded as Engine.IO's server decodes them).
 fn sid_of(query: Option<&str>) -> Option<&str> {
-    query?
-        .split('&')
-        .find_map(|p| p.strip_prefix("sid="))
-        .filter(|s| !s.is_empty())
+    token::query_pairs(query?.as_bytes())
+        .find(|(_, name, value)| **name == *b"sid" && !value.is_empty())
+        .and_then(|(_, _, value)| std::str::from_utf8(value).ok())
 }
 
 impl std::fmt::Debug for Upstreams {
