@@ -147,9 +147,10 @@ pub struct Gateway {
     in_flight: InFlight,
     metrics: Metrics,
     upstreams: Upstreams,
-    /// Pre-rendered `WWW-Authenticate` for a missing token.
-    challenge: &'static str,
 }
+
+/// `WWW-Authenticate` for a missing token; invalid tokens add `error` and the reason.
+const CHALLENGE: &str = "Bearer realm=\"socket.io\"";
 
 fn now_secs() -> f64 {
     SystemTime::now()
@@ -190,7 +191,6 @@ impl Gateway {
             settings,
             redactor,
             in_flight,
-            challenge: "Bearer realm=\"socket.io\"",
         }
     }
 
@@ -260,11 +260,11 @@ impl Gateway {
     ) -> Result<bool> {
         ctx.outcome = Outcome::Rejected(err.code);
         let challenge = if err.code == ErrorCode::MissingToken {
-            self.challenge.to_string()
+            CHALLENGE.to_string()
         } else {
             format!(
                 "{}, error=\"invalid_token\", error_description=\"{}\"",
-                self.challenge, err.reason
+                CHALLENGE, err.reason
             )
         };
         self.respond_json(

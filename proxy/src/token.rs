@@ -48,14 +48,6 @@ impl TokenSource {
             )),
         }
     }
-
-    /// The query parameter name, for log redaction.
-    pub fn query_name(&self) -> Option<&str> {
-        match self {
-            TokenSource::Query(n) => Some(n),
-            _ => None,
-        }
-    }
 }
 
 /// Where the token was found, so that exactly it can be stripped.

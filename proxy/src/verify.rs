@@ -8,7 +8,6 @@
 
 use std::borrow::Cow;
 use std::str::FromStr;
-use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -145,11 +144,6 @@ impl Rules {
             user_claim: s.user_claim.clone(),
             forward_claims: s.forward_claims.clone(),
         }
-    }
-
-    /// The leeway as a duration.
-    pub fn leeway(&self) -> Duration {
-        Duration::from_secs_f64(self.leeway)
     }
 }
 
