@@ -31,6 +31,7 @@ fn rules() -> Rules {
         max_token_bytes: 8192,
         user_claim: vec!["sub".into()],
         forward_claims: vec![],
+        required_typ: None,
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::keys::{self, KeySource};
-use crate::path::PathPolicy;
+use crate::path::{PathPolicy, normalize};
 use crate::token::TokenSource;
 
 /// A duration written with a unit (`"500ms"`, `"5s"`, `"10m"`); a bare number or a
@@ -57,6 +57,48 @@ pub struct Config {
     /// upstream-demo's own settings; the gateway does not read them.
     #[serde(default)]
     pub demo: Option<toml::Table>,
+    /// Optional signed identity assertion for the upstream.
+    #[serde(default)]
+    pub assertion: Option<AssertionConfig>,
+}
+
+/// `[assertion]`: the gateway signs a short-lived JWT naming the verified user and adds
+/// it to every authenticated request, so that an upstream reachable by others than the
+/// gateway need not trust a bare `x-auth-user` header.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssertionConfig {
+    /// Header carrying the assertion (removed from client requests like the identity
+    /// headers, so a client can not bring its own).
+    #[serde(default = "default_assertion_header")]
+    pub header: String,
+    /// The gateway's Ed25519 private key (PKCS#8 PEM, `openssl genpkey -algorithm ed25519`).
+    pub key_file: PathBuf,
+    /// `aud` of every assertion: the upstream's name, which the upstream checks.
+    pub audience: String,
+    /// `iss` of every assertion.
+    #[serde(default = "default_assertion_issuer")]
+    pub issuer: String,
+    /// Lifetime: `exp` is this long after the request (a few seconds).
+    #[serde(default = "default_assertion_ttl")]
+    pub ttl: Dur,
+    /// Where the gateway serves its public key as a JWK Set (answered by the gateway, not
+    /// forwarded).
+    #[serde(default = "default_assertion_jwks_path")]
+    pub jwks_path: String,
+}
+
+fn default_assertion_header() -> String {
+    "x-auth-assertion".into()
+}
+fn default_assertion_issuer() -> String {
+    "socketio-jwt-gateway".into()
+}
+fn default_assertion_ttl() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn default_assertion_jwks_path() -> String {
+    "/.well-known/gateway-jwks.json".into()
 }
 
 /// `[proxy]`
@@ -187,6 +229,15 @@ pub struct AuthConfig {
     /// check; `exp`/`nbf` are still checked on every use); `0` turns it off.
     #[serde(default = "default_verify_cache")]
     pub verify_cache: usize,
+    /// Failed authentications per second allowed from one client address; past it the
+    /// address gets `429` before any token is looked at, so a flood of forged RS256/ES256
+    /// tokens can not burn CPU. `0` turns the limit off.
+    #[serde(default = "default_failure_limit")]
+    pub failure_limit: u32,
+    /// When set, the token header's `typ` must be this media type (RFC 8725 3.11),
+    /// compared case-insensitively with an optional `application/` prefix.
+    #[serde(default)]
+    pub required_typ: Option<String>,
 }
 
 impl Default for AuthConfig {
@@ -241,6 +292,9 @@ fn default_user_claim() -> String {
 }
 fn default_verify_cache() -> usize {
     10_000
+}
+fn default_failure_limit() -> u32 {
+    20
 }
 fn default_user_header() -> String {
     "x-auth-user".into()
@@ -468,6 +522,52 @@ impl Config {
                 forward.push((claim.split('.').map(String::from).collect(), h));
             }
         }
+        if auth
+            .required_typ
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            v.push("auth.required_typ", "must not be empty when set".into());
+        }
+        let assertion = self.assertion.as_ref().and_then(|a| {
+            let header = header_name(&mut v, "assertion.header", &a.header);
+            if header.is_some() && header == user_header {
+                v.push(
+                    "assertion.header",
+                    format!("{} is already auth.user_header", a.header),
+                );
+            }
+            if a.audience.trim().is_empty() {
+                v.push("assertion.audience", "must name the upstream".into());
+            }
+            if a.ttl.0 < Duration::from_secs(1) || a.ttl.0 > Duration::from_secs(300) {
+                v.push("assertion.ttl", "must be between 1s and 300s".into());
+            }
+            if !a.jwks_path.starts_with('/')
+                || normalize(a.jwks_path.as_bytes()).ok().as_deref() != Some(a.jwks_path.as_bytes())
+            {
+                v.push(
+                    "assertion.jwks_path",
+                    format!("{:?} must be a normalized absolute path", a.jwks_path),
+                );
+            }
+            let key_file = if a.key_file.is_absolute() {
+                a.key_file.clone()
+            } else {
+                base_dir.join(&a.key_file)
+            };
+            let signer = crate::assertion::Signer::load(&key_file)
+                .map_err(|m| v.push("assertion.key_file", m))
+                .ok()?;
+            Some(crate::assertion::Asserter::new(
+                signer,
+                header?,
+                a.audience.clone(),
+                a.issuer.clone(),
+                a.ttl.0,
+                a.jwks_path.clone(),
+            ))
+        });
         if auth.reject_with == RejectWith::Socketio {
             v.push(
                 "auth.reject_with",
@@ -502,6 +602,9 @@ impl Config {
                 strip_token: auth.strip_token,
                 close_on_expiry: auth.close_on_expiry,
                 verify_cache: auth.verify_cache,
+                failure_limit: auth.failure_limit,
+                required_typ: auth.required_typ.clone(),
+                assertion,
             }),
             _ => Err(vec![Problem {
                 key: "(file)".into(),
@@ -675,12 +778,20 @@ pub struct Settings {
     pub close_on_expiry: bool,
     /// Verified-token cache entries (0 = off).
     pub verify_cache: usize,
+    /// Failed authentications per second per client address (0 = no limit).
+    pub failure_limit: u32,
+    /// Required token `typ`.
+    pub required_typ: Option<String>,
+    /// The signed identity assertion, when configured.
+    pub assertion: Option<crate::assertion::Asserter>,
 }
 
 impl Settings {
     /// Every identity header the gateway owns: removed from every client request.
     pub fn identity_headers(&self) -> impl Iterator<Item = &http::HeaderName> {
-        std::iter::once(&self.user_header).chain(self.forward_claims.iter().map(|(_, h)| h))
+        std::iter::once(&self.user_header)
+            .chain(self.forward_claims.iter().map(|(_, h)| h))
+            .chain(self.assertion.as_ref().map(|a| a.header()))
     }
 }
 

@@ -73,6 +73,10 @@ pub enum Outcome {
     BadRequest,
     /// Answered `503`: no `jwks_url` key set was ever fetched.
     KeysUnavailable,
+    /// Answered `429`: too many failed authentications from this address.
+    RateLimited,
+    /// Answered by the gateway itself (the assertion JWK Set).
+    Served,
 }
 
 /// Where requests go: the one server, or several by consistent hashing (Ketama) over the
@@ -147,7 +151,23 @@ pub struct Gateway {
     in_flight: InFlight,
     metrics: Metrics,
     upstreams: Upstreams,
+    /// Failed authentications per client address (`auth.failure_limit`), `None` when
+    /// the limit is off.
+    failures: Option<FailureRate>,
 }
+
+/// Failed authentications per client address over the last second or two.
+struct FailureRate(pingora_limits::rate::Rate);
+
+impl std::fmt::Debug for FailureRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FailureRate")
+    }
+}
+
+/// The window of the failed-authentication rate; `Retry-After` covers two of them, after
+/// which an address that stopped failing has a zero estimate again.
+const FAILURE_WINDOW: Duration = Duration::from_secs(1);
 
 /// `WWW-Authenticate` for a missing token; invalid tokens add `error` and the reason.
 const CHALLENGE: &str = "Bearer realm=\"socket.io\"";
@@ -188,10 +208,64 @@ impl Gateway {
             upstreams,
             metrics,
             verifier: Verifier::new(Rules::new(&settings), settings.verify_cache),
+            failures: (settings.failure_limit > 0)
+                .then(|| FailureRate(pingora_limits::rate::Rate::new(FAILURE_WINDOW))),
             settings,
             redactor,
             in_flight,
         }
+    }
+
+    /// The client's IP address (the rate-limit key); `None` for Unix sockets.
+    fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+        session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+    }
+
+    /// Whether this address failed authentication more than `auth.failure_limit` times
+    /// per second recently (the estimate spans the current and the previous second).
+    fn over_failure_limit(&self, session: &Session) -> bool {
+        let (Some(rate), Some(ip)) = (&self.failures, Self::client_ip(session)) else {
+            return false;
+        };
+        let per_second = rate.0.rate_with(
+            &ip,
+            pingora_limits::rate::PROPORTIONAL_RATE_ESTIMATE_CALC_FN,
+        );
+        per_second > f64::from(self.settings.failure_limit)
+    }
+
+    /// Counts one failed authentication of this client address.
+    fn count_failure(&self, session: &Session) {
+        if let (Some(rate), Some(ip)) = (&self.failures, Self::client_ip(session)) {
+            rate.0.observe(&ip, 1);
+        }
+    }
+
+    /// Refuses message framings a server behind us could read differently (request
+    /// smuggling, RFC 9112 6.1 and 6.3): more than one `Content-Length` or
+    /// `Transfer-Encoding`, and any transfer coding other than plain `chunked`. (With both
+    /// `Content-Length` and `Transfer-Encoding`, Pingora's parser has already dropped the
+    /// length, as RFC 9112 6.3 says, and closes the connection after the response.)
+    fn framing_problem(req: &pingora::http::RequestHeader) -> Option<&'static str> {
+        let te = req.headers.get_all(header::TRANSFER_ENCODING);
+        let mut te_count = 0;
+        for v in te.iter() {
+            te_count += 1;
+            if !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Some("only the chunked transfer coding is accepted");
+            }
+        }
+        let cl_count = req.headers.get_all(header::CONTENT_LENGTH).iter().count();
+        if te_count > 1 {
+            return Some("Transfer-Encoding is given more than once");
+        }
+        if cl_count > 1 {
+            return Some("Content-Length is given more than once");
+        }
+        None
     }
 
     /// A public path is exempt only for a plain asset fetch, never for Engine.IO traffic.
@@ -259,6 +333,7 @@ impl Gateway {
         err: &AuthError,
     ) -> Result<bool> {
         ctx.outcome = Outcome::Rejected(err.code);
+        self.count_failure(session);
         let challenge = if err.code == ErrorCode::MissingToken {
             CHALLENGE.to_string()
         } else {
@@ -273,6 +348,26 @@ impl Gateway {
             Some((header::WWW_AUTHENTICATE, challenge)),
             err.code.as_str(),
             &err.reason,
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Answers an address over `auth.failure_limit` without looking at its token.
+    async fn refuse_rate_limited(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        ctx.outcome = Outcome::RateLimited;
+        self.count_failure(session);
+        let retry = (2 * FAILURE_WINDOW.as_secs()).to_string();
+        self.respond_json(
+            session,
+            429,
+            Some((header::RETRY_AFTER, retry)),
+            "rate_limited",
+            "too many failed authentications from this address; retry later",
         )
         .await?;
         Ok(true)
@@ -330,6 +425,12 @@ impl ProxyHttp for Gateway {
         for name in self.settings.identity_headers() {
             session.req_header_mut().remove_header(name);
         }
+        if let Some(problem) = Self::framing_problem(session.req_header()) {
+            ctx.outcome = Outcome::BadRequest;
+            self.respond_json(session, 400, None, "bad_request", problem)
+                .await?;
+            return Ok(true);
+        }
 
         let target = session.req_header().raw_path().to_vec();
         let (raw_path, query) = split_target(&target);
@@ -346,6 +447,23 @@ impl ProxyHttp for Gateway {
         };
         let path_changed = *path != *raw_path;
 
+        if let Some(assertion) = &self.settings.assertion {
+            let method = &session.req_header().method;
+            if *path == *assertion.jwks_path().as_bytes()
+                && (method == http::Method::GET || method == http::Method::HEAD)
+            {
+                ctx.outcome = Outcome::Served;
+                let mut resp = ResponseHeader::build(200, Some(4))?;
+                let body = assertion.jwks_body();
+                resp.insert_header(header::CONTENT_TYPE, "application/jwk-set+json")?;
+                resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+                resp.insert_header(header::CACHE_CONTROL, "max-age=300")?;
+                session.write_response_header(Box::new(resp), false).await?;
+                session.write_response_body(Some(body), true).await?;
+                return Ok(true);
+            }
+        }
+
         if access == Access::Open || self.is_public_fetch(session, &path, query) {
             ctx.outcome = Outcome::Public;
             if matches!(self.upstreams, Upstreams::Many(..)) {
@@ -357,6 +475,10 @@ impl ProxyHttp for Gateway {
                     .set_raw_path(&join_target(&path, query))?;
             }
             return Ok(false);
+        }
+
+        if self.over_failure_limit(session) {
+            return self.refuse_rate_limited(session, ctx).await;
         }
 
         let req = session.req_header();
@@ -421,7 +543,20 @@ impl ProxyHttp for Gateway {
         if self.settings.close_on_expiry {
             ctx.close_at = verified.exp.map(|exp| exp + self.verifier.rules().leeway);
         }
+        let assertion = match &self.settings.assertion {
+            Some(a) => match a.assertion(
+                &String::from_utf8_lossy(verified.user.as_bytes()),
+                now_secs() as u64,
+            ) {
+                Ok(v) => Some((a.header().clone(), v)),
+                Err(e) => return Error::e_explain(ErrorType::InternalError, e),
+            },
+            None => None,
+        };
         let req = session.req_header_mut();
+        if let Some((name, value)) = assertion {
+            req.insert_header(name, value)?;
+        }
         req.insert_header(self.settings.user_header.clone(), verified.user)?;
         for (name, value) in verified.forwarded {
             req.insert_header(name, value)?;
@@ -599,6 +734,8 @@ impl ProxyHttp for Gateway {
                 self.metrics.failure(code).inc();
             }
             Outcome::BadRequest | Outcome::KeysUnavailable => self.metrics.rejected.inc(),
+            Outcome::RateLimited => self.metrics.rate_limited.inc(),
+            Outcome::Served => self.metrics.public.inc(),
             Outcome::Undecided => {}
         }
         if ctx.upstream_failed {
@@ -623,7 +760,7 @@ impl ProxyHttp for Gateway {
             Outcome::BadRequest => tracing::info!(
                 client = %client(),
                 request = %self.summary(session),
-                "bad request path"
+                "bad request"
             ),
             outcome => tracing::debug!(
                 ?outcome,

@@ -10,14 +10,18 @@
 //! - [`keys`]: loading keys, pinning each to its algorithms, reloading `jwks_file`.
 //! - [`verify`]: signature and claim checks, mapped to the SPEC's error codes.
 //! - [`gateway`]: the `ProxyHttp` implementation tying the above together.
+//! - [`assertion`]: the optional signed identity assertion and its JWK Set.
 //! - [`metrics`]: the Prometheus series, resolved once, counted in `logging`.
 //! - [`server`]: the Pingora server, built in code, with its background services.
 //! - [`logging`]: `RUST_LOG` tracing with token redaction at the sink.
+//! - [`memory`]: returning freed memory to the system after bursts.
 
+pub mod assertion;
 pub mod config;
 pub mod gateway;
 pub mod keys;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod path;
 pub mod server;

@@ -4,7 +4,9 @@
 
 use std::borrow::Cow;
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use tracing_appender::non_blocking::WorkerGuard;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
@@ -145,15 +147,46 @@ impl<'a> MakeWriter<'a> for RedactingStderr {
     }
 }
 
-/// Installs the subscriber (`RUST_LOG`, default `info`) and the `log` bridge.
+/// Lines waiting for the writer thread at most; past that, lines are dropped (and
+/// counted by the writer) rather than making a request wait for stderr.
+const BUFFERED_LINES: usize = 65_536;
+
+/// Keeps the writer thread alive; taken by [`flush`] before the process exits.
+static WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
+
+/// Installs the subscriber (`RUST_LOG`, default `info`) and the `log` bridge. Lines are
+/// formatted on the request's thread and handed to a writer thread that redacts them and
+/// writes stderr, so a flood of rejections (one info line each) costs no write syscall
+/// on the request path.
 pub fn init(redactor: Redactor) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_log::LogTracer::init();
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(BUFFERED_LINES)
+        .thread_name("log-writer")
+        .finish(RedactingStderr(Arc::new(redactor)));
+    // `try_init` also installs the `log` bridge (Pingora logs through `log`); it reports
+    // an error only when something was installed before, which is harmless here.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(RedactingStderr(Arc::new(redactor)))
+        .with_writer(writer)
         .with_ansi(false)
         .try_init();
+    if let Ok(mut slot) = WRITER.lock() {
+        *slot = Some(guard);
+    }
+}
+
+/// Writes out every line logged so far; call before `std::process::exit`.
+pub fn flush() {
+    let guard = WRITER.lock().ok().and_then(|mut slot| slot.take());
+    drop(guard);
+}
+
+/// Flushes the log and exits with `code`.
+pub fn exit(code: i32) -> ! {
+    flush();
+    std::process::exit(code)
 }
 
 #[cfg(test)]

@@ -44,16 +44,19 @@ fn redactor_for(file: &std::path::Path) -> Redactor {
 }
 
 fn main() -> ExitCode {
+    proxy::memory::tune_allocator();
     let cli = Cli::parse();
     logging::init(redactor_for(&cli.config));
     let settings = match load_settings(&cli.config) {
         Ok(s) => s,
         Err(errors) => {
+            logging::flush();
             eprintln!("{errors}");
             return ExitCode::FAILURE;
         }
     };
     if cli.check {
+        logging::flush();
         println!("ok");
         return ExitCode::SUCCESS;
     }

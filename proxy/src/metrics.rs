@@ -15,6 +15,8 @@ pub struct Metrics {
     pub rejected: IntCounter,
     /// `gateway_requests_total{outcome="public"}`
     pub public: IntCounter,
+    /// `gateway_requests_total{outcome="rate_limited"}` (429: `auth.failure_limit`)
+    pub rate_limited: IntCounter,
     /// `gateway_auth_failures_total{reason}`, in [`ErrorCode::ALL`] order.
     failures: Vec<IntCounter>,
     /// `gateway_upstream_errors_total`
@@ -69,6 +71,7 @@ impl Metrics {
             allowed: requests.with_label_values(&["allowed"]),
             rejected: requests.with_label_values(&["rejected"]),
             public: requests.with_label_values(&["public"]),
+            rate_limited: requests.with_label_values(&["rate_limited"]),
             failures: ErrorCode::ALL
                 .iter()
                 .map(|c| failures.with_label_values(&[c.as_str()]))

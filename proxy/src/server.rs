@@ -182,7 +182,7 @@ impl BackgroundService for Drain {
         while Instant::now() < deadline {
             if self.in_flight.count() == 0 {
                 tracing::info!("drained, exiting");
-                std::process::exit(0);
+                crate::logging::exit(0);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -227,7 +227,7 @@ pub fn run(settings: Settings, redactor: Redactor, upgrade: bool, daemon: bool) 
         Ok(m) => m,
         Err(e) => {
             tracing::error!("cannot register metrics: {e}");
-            std::process::exit(1);
+            crate::logging::exit(1);
         }
     };
     let upstreams = match settings.upstream.as_slice() {
@@ -239,7 +239,7 @@ pub fn run(settings: Settings, redactor: Redactor, upgrade: bool, daemon: bool) 
                 Ok(lb) => lb,
                 Err(e) => {
                     tracing::error!("upstream.servers: {e}");
-                    std::process::exit(1);
+                    crate::logging::exit(1);
                 }
             };
             let mut hc = TcpHealthCheck::new();
@@ -289,6 +289,7 @@ pub fn run(settings: Settings, redactor: Redactor, upgrade: bool, daemon: bool) 
             },
         ));
     }
+    server.add_service(background_service("memory trim", crate::memory::Trimmer));
     server.add_service(background_service(
         "shutdown drain",
         Drain {
@@ -297,5 +298,6 @@ pub fn run(settings: Settings, redactor: Redactor, upgrade: bool, daemon: bool) 
         },
     ));
     tracing::info!(listen = %settings.listen, upstream = ?settings.upstream, "gateway starting");
-    server.run_forever()
+    server.run(pingora::server::RunArgs::default());
+    crate::logging::exit(0)
 }

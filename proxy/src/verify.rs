@@ -130,6 +130,18 @@ pub struct Rules {
     pub user_claim: Vec<String>,
     /// Claim path -> header.
     pub forward_claims: Vec<(Vec<String>, HeaderName)>,
+    /// Required header `typ`, lower-cased without an `application/` prefix.
+    pub required_typ: Option<String>,
+}
+
+/// A `typ` value as RFC 7515 4.1.9 compares them: case-insensitive, `application/`
+/// optional.
+fn media_type(typ: &str) -> String {
+    let lower = typ.trim().to_ascii_lowercase();
+    match lower.strip_prefix("application/") {
+        Some(rest) => rest.to_string(),
+        None => lower,
+    }
 }
 
 impl Rules {
@@ -143,6 +155,7 @@ impl Rules {
             max_token_bytes: s.max_token_bytes,
             user_claim: s.user_claim.clone(),
             forward_claims: s.forward_claims.clone(),
+            required_typ: s.required_typ.as_deref().map(media_type),
         }
     }
 }
@@ -151,6 +164,7 @@ impl Rules {
 struct RawHeader {
     alg: Option<String>,
     kid: Option<String>,
+    typ: Option<String>,
     crit: Option<Value>,
 }
 
@@ -203,6 +217,11 @@ pub fn verify(rules: &Rules, keys: &KeySet, token: &str, now: f64) -> Result<Ver
         return Err(malformed(
             "the token header names critical extensions the gateway does not support",
         ));
+    }
+    if let Some(required) = &rules.required_typ {
+        if header.typ.as_deref().map(media_type).as_ref() != Some(required) {
+            return Err(malformed("the token type (typ) is not the one required"));
+        }
     }
     let alg = header
         .alg
@@ -432,6 +451,7 @@ mod tests {
             max_token_bytes: 8192,
             user_claim: vec!["user".into(), "name".into()],
             forward_claims: vec![(vec!["role".into()], HeaderName::from_static("x-role"))],
+            required_typ: None,
         }
     }
 

@@ -95,9 +95,26 @@ pub fn parse(raw: &[u8]) -> Response {
 
 /// Sends raw request bytes on a new connection and reads until the server closes it.
 pub async fn raw(addr: SocketAddr, request: &[u8]) -> Response {
-    let mut s = TcpStream::connect(addr)
+    let s = TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    send_and_read(s, request).await
+}
+
+/// Like [`raw`] from a chosen source address (`127.0.0.x`), so that tests can act as
+/// several clients.
+pub async fn raw_from(src: std::net::IpAddr, addr: SocketAddr, request: &[u8]) -> Response {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap_or_else(|e| panic!("socket: {e}"));
+    sock.bind(SocketAddr::new(src, 0))
+        .unwrap_or_else(|e| panic!("bind {src}: {e}"));
+    let s = sock
+        .connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    send_and_read(s, request).await
+}
+
+async fn send_and_read(mut s: TcpStream, request: &[u8]) -> Response {
     s.write_all(request)
         .await
         .unwrap_or_else(|e| panic!("write: {e}"));
@@ -106,6 +123,23 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> Response {
         .await
         .unwrap_or_else(|e| panic!("read: {e}"));
     parse(&buf)
+}
+
+/// Sends bytes a server may refuse half-way (it may close before reading them all) and
+/// returns whatever came back before the connection ended; errors end the exchange.
+pub async fn exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let _ = s.write_all(request).await;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return buf,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
 }
 
 /// Sends `METHOD target` with extra headers and an optional body (`Connection: close`).

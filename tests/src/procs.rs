@@ -194,6 +194,11 @@ pub struct GatewayConfig {
     pub more_upstreams: Vec<SocketAddr>,
     /// Extra `[upstream]` lines (`sticky`, `health_check`).
     pub upstream_lines: String,
+    /// `[auth].failure_limit`: high by default, because many tests send bursts of bad
+    /// tokens on purpose; the hardening tests set their own.
+    pub failure_limit: u32,
+    /// Extra top-level tables (`[assertion]`).
+    pub extra: String,
 }
 
 impl GatewayConfig {
@@ -216,6 +221,8 @@ forward_claims = { role = "x-auth-role", "org.id" = "x-auth-org" }
             upstream_connect_timeout: "1s".into(),
             more_upstreams: Vec::new(),
             upstream_lines: String::new(),
+            failure_limit: 1000,
+            extra: String::new(),
         }
     }
 
@@ -244,12 +251,14 @@ forward_claims = { role = "x-auth-role", "org.id" = "x-auth-org" }
             .map(|a| format!("\"{a}\""))
             .collect();
         format!(
-            "[proxy]\nlisten = \"{listen}\"\nthreads = 2\n{}\n\n[upstream]\nservers = [{}]\nconnect_timeout = \"{}\"\n{}\n\n[auth]\n{}\n",
+            "[proxy]\nlisten = \"{listen}\"\nthreads = 2\n{}\n\n[upstream]\nservers = [{}]\nconnect_timeout = \"{}\"\n{}\n\n[auth]\nfailure_limit = {}\n{}\n{}\n",
             self.proxy,
             servers.join(", "),
             self.upstream_connect_timeout,
             self.upstream_lines,
-            self.auth
+            self.failure_limit,
+            self.auth,
+            self.extra
         )
     }
 }
@@ -282,6 +291,18 @@ impl Gateway {
     }
 }
 
+/// Resident memory of process `pid` in KiB (`VmRSS` from `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or_else(|| panic!("no VmRSS for process {pid}"))
+}
+
 /// A running upstream-demo.
 #[derive(Debug)]
 pub struct Demo {
@@ -300,12 +321,18 @@ impl Demo {
 
     /// Starts upstream-demo on `listen`.
     pub async fn start_on(listen: &str, ping_interval: &str) -> Demo {
+        Self::start_with(listen, ping_interval, "").await
+    }
+
+    /// Starts upstream-demo on `listen` with more lines after `[demo]`'s (more `[demo]`
+    /// keys first, then other tables such as `[assertion]`).
+    pub async fn start_with(listen: &str, ping_interval: &str, extra: &str) -> Demo {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let file = dir.path().join("demo.toml");
         std::fs::write(
             &file,
             format!(
-                "[demo]\nlisten = \"{listen}\"\nping_interval = \"{ping_interval}\"\ntoken_ttl = \"60s\"\n"
+                "[demo]\nlisten = \"{listen}\"\nping_interval = \"{ping_interval}\"\ntoken_ttl = \"60s\"\n{extra}\n"
             ),
         )
         .unwrap_or_else(|e| panic!("write config: {e}"));

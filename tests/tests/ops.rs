@@ -113,6 +113,22 @@ fn check_accepts_the_repository_config_and_reports_every_problem_of_a_bad_one() 
         "[proxy]\nlisten = \"127.0.0.1:1\"\n[upstream]\nservers = [\"127.0.0.1:2\"]\n[auth]\nalgorithms = [\"RS256\"]\njwks_url = \"ftp://idp/keys\"\n".into(),
         vec!["auth.jwks_url (line 7): \"ftp://idp/keys\" is not an http:// or https:// URL"],
     ));
+    cases.push((
+        "[proxy]\nlisten = \"127.0.0.1:1\"\n[upstream]\nservers = [\"127.0.0.1:2\"]\n[auth]\nfailure_limit = -1\n".into(),
+        vec!["auth.failure_limit (line 6)"],
+    ));
+    cases.push((
+        "[proxy]\nlisten = \"127.0.0.1:1\"\n[upstream]\nservers = [\"127.0.0.1:2\"]\n[auth]\nrequired_typ = \" \"\n[assertion]\nheader = \"x-auth-user\"\nkey_file = \"garbage.pem\"\naudience = \"\"\nttl = \"0s\"\njwks_path = \"jwks.json\"\n".into(),
+        vec![
+            "auth.required_typ (line 6): must not be empty",
+            "assertion.header (line 8): x-auth-user is already auth.user_header",
+            "assertion.key_file (line 9)",
+            "expected an Ed25519 \"PRIVATE KEY\"",
+            "assertion.audience (line 10)",
+            "assertion.ttl (line 11)",
+            "assertion.jwks_path (line 12)",
+        ],
+    ));
     for (text, expected) in cases {
         std::fs::write(&bad, &text).unwrap_or_else(|e| panic!("{e}"));
         let (code, out, err) = check(&bad, None);

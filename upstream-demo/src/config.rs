@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use proxy::config::{AuthConfig, Dur, parse_duration};
+use proxy::config::{AssertionConfig, AuthConfig, Dur, parse_duration};
 use serde::Deserialize;
 
 /// The parts of the file the demo reads; `[proxy]` and `[upstream]` are the gateway's.
@@ -13,6 +13,8 @@ struct File {
     demo: DemoConfig,
     #[serde(default)]
     auth: Option<AuthConfig>,
+    #[serde(default)]
+    assertion: Option<AssertionConfig>,
 }
 
 /// `[demo]`
@@ -40,6 +42,24 @@ pub struct DemoConfig {
     /// Mark the session cookie `Secure`: set it when the site is served over TLS.
     #[serde(default)]
     pub secure_cookies: bool,
+    /// The gateway's JWK Set URL (its `[assertion].jwks_path`). When set, every socket.io
+    /// request must carry a valid signed assertion (`[assertion]` of the same file says
+    /// which header, audience and issuer); without one it is refused with `401`.
+    #[serde(default)]
+    pub assertion_jwks_url: Option<String>,
+}
+
+/// What the demo checks in the gateway's signed assertion.
+#[derive(Debug, Clone)]
+pub struct AssertionCheck {
+    /// The gateway's JWK Set.
+    pub jwks_url: String,
+    /// The header carrying the assertion.
+    pub header: String,
+    /// Required `aud` (this upstream's name).
+    pub audience: String,
+    /// Required `iss`.
+    pub issuer: String,
 }
 
 /// One demo account.
@@ -83,6 +103,8 @@ pub struct DemoSettings {
     pub auth: AuthConfig,
     /// Directory of the config file, for relative paths.
     pub base_dir: PathBuf,
+    /// Verify the gateway's signed assertion on every socket.io request.
+    pub assertion: Option<AssertionCheck>,
 }
 
 impl Default for DemoSettings {
@@ -97,6 +119,7 @@ impl Default for DemoSettings {
             secure_cookies: false,
             auth: AuthConfig::default(),
             base_dir: PathBuf::from("."),
+            assertion: None,
         }
     }
 }
@@ -141,7 +164,23 @@ impl DemoSettings {
             .unwrap_or(Path::new("."))
             .to_path_buf();
         let auth = parsed.auth.unwrap_or_default();
+        let assertion = match (d.assertion_jwks_url, parsed.assertion) {
+            (None, _) => None,
+            (Some(url), Some(a)) => Some(AssertionCheck {
+                jwks_url: url,
+                header: a.header,
+                audience: a.audience,
+                issuer: a.issuer,
+            }),
+            (Some(_), None) => {
+                return Err(DemoConfigError::Invalid {
+                    file: name,
+                    message: "demo.assertion_jwks_url needs the [assertion] table (header, audience, issuer)".into(),
+                });
+            }
+        };
         Ok(DemoSettings {
+            assertion,
             listen: d.listen,
             token_ttl: d.token_ttl.0,
             users: d.users,

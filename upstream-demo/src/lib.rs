@@ -10,11 +10,14 @@
 //! - [`web`]: the HTTP handlers (login, token endpoint, pages, assets).
 //! - [`socket`]: the socket.io namespace `/`: refuses connections without the
 //!   identity header, greets with `welcome`, answers `echo` with an ack.
+//! - [`assertion`]: optional check of the gateway's signed identity assertion on every
+//!   socket.io request.
 //!
 //! [`app`] builds the router from an [`AppState`] so tests can drive it without sockets;
 //! [`serve`] runs it on a listener until a shutdown future resolves.
 
 pub mod accounts;
+pub mod assertion;
 pub mod config;
 pub mod mint;
 pub mod pages;
@@ -56,6 +59,7 @@ struct Inner {
     pages: pages::Pages,
     settings: DemoSettings,
     sessions: SqliteStore,
+    assertion: Option<Arc<assertion::AssertionVerifier>>,
 }
 
 /// Shared, cheaply cloned application state.
@@ -68,6 +72,13 @@ impl AppState {
     pub async fn new(settings: DemoSettings) -> Result<Self, DemoError> {
         let accounts = accounts::Accounts::new(&settings.users).map_err(DemoError::Config)?;
         let minter = mint::Minter::new(&settings).map_err(DemoError::Config)?;
+        let assertion = match &settings.assertion {
+            Some(check) => Some(Arc::new(
+                assertion::AssertionVerifier::new(check.clone(), &settings.user_header)
+                    .map_err(DemoError::Config)?,
+            )),
+            None => None,
+        };
         let pool = match &settings.session_db {
             Some(file) => {
                 let opts = SqliteConnectOptions::new()
@@ -91,6 +102,7 @@ impl AppState {
             pages: pages::Pages::new()?,
             settings,
             sessions,
+            assertion,
         })))
     }
 
@@ -130,7 +142,7 @@ pub fn app(state: AppState) -> Router {
         .layer(sessions)
         .route("/socket.io/socket.io.min.js", get(web::client_bundle))
         .route("/assets/private.js", get(web::private_js))
-        .merge(socket::router(state.settings()))
+        .merge(socket::router(state.settings(), state.0.assertion.clone()))
         .with_state(state)
 }
 

@@ -11,7 +11,10 @@ use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Data, SocketRef};
 use socketioxide::handler::ConnectHandler;
 
+use std::sync::Arc;
+
 use crate::DemoSettings;
+use crate::assertion::AssertionVerifier;
 
 /// Why a connection was refused; the message reaches the client's `connect_error`.
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +34,12 @@ fn user_of(s: &SocketRef, header: &HeaderName) -> Option<String> {
         .map(String::from)
 }
 
-/// Routes `/socket.io/` (Engine.IO's path) to the socket.io service with namespace `/`.
-pub fn router<S: Clone + Send + Sync + 'static>(settings: &DemoSettings) -> Router<S> {
+/// Routes `/socket.io/` (Engine.IO's path) to the socket.io service with namespace `/`;
+/// with `assertion`, every request must first carry the gateway's signed assertion.
+pub fn router<S: Clone + Send + Sync + 'static>(
+    settings: &DemoSettings,
+    assertion: Option<Arc<AssertionVerifier>>,
+) -> Router<S> {
     let (svc, io) = SocketIo::builder()
         .ping_interval(settings.ping_interval)
         .ping_timeout(
@@ -51,7 +58,14 @@ pub fn router<S: Clone + Send + Sync + 'static>(settings: &DemoSettings) -> Rout
         Ok(())
     };
     io.ns("/", on_connect.with(require_user));
-    Router::new().route_service("/socket.io/", svc)
+    let router = Router::new().route_service("/socket.io/", svc);
+    match assertion {
+        Some(verifier) => router.layer(axum::middleware::from_fn_with_state(
+            verifier,
+            crate::assertion::require_assertion,
+        )),
+        None => router,
+    }
 }
 
 async fn on_connect(s: SocketRef) {

@@ -115,7 +115,9 @@ async fn haproxy(dir: &Path, name: &str, upstream: SocketAddr, alg: &str, key: &
 
 async fn gateway(dir: &Path, name: &str, upstream: SocketAddr, auth: &str) -> System {
     let addr = free_addr();
-    let cfg = GatewayConfig::hs256(upstream).auth(auth);
+    let mut cfg = GatewayConfig::hs256(upstream).auth(auth);
+    // HAProxy has no failure limit: measure the rejection path itself, not 429s.
+    cfg.failure_limit = 0;
     let text = cfg.render(addr).replace("threads = 2", "threads = 1");
     let file = write(dir, &format!("{name}.toml"), &text);
     let mut cmd = pinned(SUT_CPU, &bin("proxy").display().to_string());

@@ -16,24 +16,13 @@ use futures_util::stream::FuturesUnordered;
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use serde_json::json;
 use tests::eio::{Recv, Ws};
-use tests::procs::{Demo, Gateway, GatewayConfig};
+use tests::procs::{Demo, Gateway, GatewayConfig, rss_kib};
 use tests::tokens::{claims, hs256};
 use tokio::net::TcpSocket;
 use tokio::sync::{Mutex, Notify, Semaphore};
 
 const SOURCES: u8 = 8;
 const ECHO_SAMPLE: usize = 200;
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
-        })
-        .unwrap_or(0)
-}
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
