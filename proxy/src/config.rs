@@ -294,7 +294,10 @@ fn default_verify_cache() -> usize {
     10_000
 }
 fn default_failure_limit() -> u32 {
-    20
+    // Generous enough for many clients behind one NAT reconnecting with expired tokens
+    // (socket.io retries each at most once a second); far below what a signature flood
+    // needs to matter.
+    50
 }
 fn default_user_header() -> String {
     "x-auth-user".into()
@@ -568,12 +571,6 @@ impl Config {
                 a.jwks_path.clone(),
             ))
         });
-        if auth.reject_with == RejectWith::Socketio {
-            v.push(
-                "auth.reject_with",
-                "\"socketio\" is not available in this version; use \"http\"".into(),
-            );
-        }
 
         if !v.list.is_empty() {
             return Err(v.list);
@@ -603,6 +600,7 @@ impl Config {
                 close_on_expiry: auth.close_on_expiry,
                 verify_cache: auth.verify_cache,
                 failure_limit: auth.failure_limit,
+                reject_with: auth.reject_with,
                 required_typ: auth.required_typ.clone(),
                 assertion,
             }),
@@ -780,6 +778,8 @@ pub struct Settings {
     pub verify_cache: usize,
     /// Failed authentications per second per client address (0 = no limit).
     pub failure_limit: u32,
+    /// How failed authentications are answered.
+    pub reject_with: RejectWith,
     /// Required token `typ`.
     pub required_typ: Option<String>,
     /// The signed identity assertion, when configured.

@@ -20,10 +20,11 @@ use std::hash::{Hash, Hasher};
 use pingora::lb::LoadBalancer;
 use pingora::lb::selection::Consistent;
 
-use crate::config::{Settings, Sticky};
+use crate::config::{RejectWith, Settings, Sticky};
 use crate::logging::Redactor;
 use crate::metrics::Metrics;
 use crate::path::{Access, normalize};
+use crate::socketio::{self, EngineRequest, Refusals, WsRefusal};
 use crate::token::{self, Location};
 use crate::verify::{AuthError, ErrorCode, Rules, Verifier};
 
@@ -154,6 +155,8 @@ pub struct Gateway {
     /// Failed authentications per client address (`auth.failure_limit`), `None` when
     /// the limit is off.
     failures: Option<FailureRate>,
+    /// Engine.IO sessions refused in socket.io's terms (`reject_with = "socketio"`).
+    refusals: Refusals,
 }
 
 /// Failed authentications per client address over the last second or two.
@@ -168,6 +171,16 @@ impl std::fmt::Debug for FailureRate {
 /// The window of the failed-authentication rate; `Retry-After` covers two of them, after
 /// which an address that stopped failing has a zero estimate again.
 const FAILURE_WINDOW: Duration = Duration::from_secs(1);
+
+/// Reads a request body of at most `limit` bytes (the rest is dropped).
+async fn read_body(session: &mut Session, limit: usize) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        let room = limit.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+    Ok(body)
+}
 
 /// `WWW-Authenticate` for a missing token; invalid tokens add `error` and the reason.
 const CHALLENGE: &str = "Bearer realm=\"socket.io\"";
@@ -208,6 +221,7 @@ impl Gateway {
             upstreams,
             metrics,
             verifier: Verifier::new(Rules::new(&settings), settings.verify_cache),
+            refusals: Refusals::default(),
             failures: (settings.failure_limit > 0)
                 .then(|| FailureRate(pingora_limits::rate::Rate::new(FAILURE_WINDOW))),
             settings,
@@ -300,8 +314,22 @@ impl Gateway {
     ) -> Result<()> {
         let body =
             Bytes::from(serde_json::json!({ "error": code, "message": message }).to_string());
+        self.respond(session, status, "application/json", extra, body)
+            .await
+    }
+
+    /// Writes a complete response with CORS headers (see [`Self::respond_json`] for
+    /// when the connection stays open).
+    async fn respond(
+        &self,
+        session: &mut Session,
+        status: u16,
+        content_type: &'static str,
+        extra: Option<(http::HeaderName, String)>,
+        body: Bytes,
+    ) -> Result<()> {
         let mut resp = ResponseHeader::build(status, Some(8))?;
-        resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+        resp.insert_header(header::CONTENT_TYPE, content_type)?;
         resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
         resp.insert_header(header::CACHE_CONTROL, "no-store")?;
         if let Some((name, value)) = extra {
@@ -334,6 +362,14 @@ impl Gateway {
     ) -> Result<bool> {
         ctx.outcome = Outcome::Rejected(err.code);
         self.count_failure(session);
+        if self.settings.reject_with == RejectWith::Socketio {
+            let req = session.req_header();
+            let query = req.uri.query().unwrap_or_default().as_bytes();
+            if let Some(kind) = socketio::classify(&req.method, &req.headers, query) {
+                self.refuse_socketio(session, err, kind).await?;
+                return Ok(true);
+            }
+        }
         let challenge = if err.code == ErrorCode::MissingToken {
             CHALLENGE.to_string()
         } else {
@@ -351,6 +387,91 @@ impl Gateway {
         )
         .await?;
         Ok(true)
+    }
+
+    /// A refusal in socket.io's terms (SPEC item 14, [`socketio`]).
+    async fn refuse_socketio(
+        &self,
+        session: &mut Session,
+        err: &AuthError,
+        kind: EngineRequest,
+    ) -> Result<()> {
+        const TEXT: &str = "text/plain; charset=UTF-8";
+        match kind {
+            EngineRequest::PollingHandshake => {
+                let (_, open) = self.refusals.open(err);
+                self.respond(session, 200, TEXT, None, Bytes::from(open))
+                    .await
+            }
+            EngineRequest::WebSocketHandshake => self.refuse_websocket(session, err).await,
+            EngineRequest::Session { sid, post: true } => match self.refusals.get(&sid) {
+                Some(refused) => {
+                    let body = read_body(session, 64 * 1024).await?;
+                    refused.take_post(&body);
+                    self.respond(session, 200, TEXT, None, Bytes::from_static(b"ok"))
+                        .await
+                }
+                // Not a session refused here: the token of an established session no
+                // longer passes. Engine.IO's answer to a POST it can not take; the
+                // client closes the transport and reconnects.
+                None => {
+                    session.set_keepalive(None);
+                    let body = Bytes::from_static(br#"{"code":1,"message":"Session ID unknown"}"#);
+                    self.respond(session, 400, "application/json", None, body)
+                        .await
+                }
+            },
+            EngineRequest::Session { sid, post: false } => {
+                let answer = match self.refusals.get(&sid) {
+                    Some(refused) => {
+                        let answer = refused.wait_answer().await;
+                        self.refusals.remove(&sid);
+                        answer
+                    }
+                    None => None,
+                };
+                let body = answer.unwrap_or_else(|| socketio::CLOSE_PACKET.to_string());
+                self.respond(session, 200, TEXT, None, Bytes::from(body))
+                    .await
+            }
+        }
+    }
+
+    /// Completes a WebSocket-only handshake itself, sends the open packet, answers the
+    /// client's `CONNECT` with `CONNECT_ERROR`, and closes.
+    async fn refuse_websocket(&self, session: &mut Session, err: &AuthError) -> Result<()> {
+        let key = session
+            .req_header()
+            .headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .map(|k| tungstenite::handshake::derive_accept_key(k.as_bytes()))
+            .unwrap_or_default();
+        let mut resp = ResponseHeader::build(101, Some(3))?;
+        resp.insert_header(header::UPGRADE, "websocket")?;
+        resp.insert_header(header::CONNECTION, "Upgrade")?;
+        resp.insert_header(header::SEC_WEBSOCKET_ACCEPT, key)?;
+        session.write_response_header(Box::new(resp), false).await?;
+        let (mut refusal, open) = WsRefusal::start(err);
+        session
+            .write_response_body(Some(Bytes::from(open)), false)
+            .await?;
+        let deadline = tokio::time::Instant::now() + socketio::REFUSED_SESSION_TTL;
+        loop {
+            let chunk = match tokio::time::timeout_at(deadline, session.read_request_body()).await {
+                Ok(Ok(Some(chunk))) => chunk,
+                _ => break,
+            };
+            let (out, done) = refusal.feed(&chunk);
+            if !out.is_empty() {
+                session
+                    .write_response_body(Some(Bytes::from(out)), false)
+                    .await?;
+            }
+            if done {
+                break;
+            }
+        }
+        session.write_response_body(None, true).await
     }
 
     /// Answers an address over `auth.failure_limit` without looking at its token.

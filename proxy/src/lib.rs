@@ -10,6 +10,7 @@
 //! - [`keys`]: loading keys, pinning each to its algorithms, reloading `jwks_file`.
 //! - [`verify`]: signature and claim checks, mapped to the SPEC's error codes.
 //! - [`gateway`]: the `ProxyHttp` implementation tying the above together.
+//! - [`socketio`]: refusals spoken in socket.io's protocol (`reject_with = "socketio"`).
 //! - [`assertion`]: the optional signed identity assertion and its JWK Set.
 //! - [`metrics`]: the Prometheus series, resolved once, counted in `logging`.
 //! - [`server`]: the Pingora server, built in code, with its background services.
@@ -25,5 +26,6 @@ pub mod memory;
 pub mod metrics;
 pub mod path;
 pub mod server;
+pub mod socketio;
 pub mod token;
 pub mod verify;

@@ -17,6 +17,11 @@ pub enum PathError {
     /// An encoded separator or NUL hides a protected path.
     #[error("the request path hides a protected path behind an encoded separator")]
     Ambiguous,
+    /// A `%` not followed by two hex digits (RFC 3986 2.1). Kept as it is, it could
+    /// combine with decoded characters into a new escape that the upstream decodes again
+    /// (`/%%37%33ocket.io/` would become `/%73ocket.io/`).
+    #[error("the request path has an invalid percent-escape")]
+    BadEscape,
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -96,6 +101,14 @@ pub fn normalize(raw: &[u8]) -> Result<Cow<'_, [u8]>, PathError> {
     }
     if is_plain(raw) {
         return Ok(Cow::Borrowed(raw));
+    }
+    let bad_escape = raw.iter().enumerate().any(|(i, b)| {
+        *b == b'%'
+            && !(raw.get(i + 1).copied().and_then(hex).is_some()
+                && raw.get(i + 2).copied().and_then(hex).is_some())
+    });
+    if bad_escape {
+        return Err(PathError::BadEscape);
     }
     Ok(Cow::Owned(resolve(&decode(raw, false))))
 }
@@ -245,5 +258,26 @@ mod tests {
         }
         let n = normalize(b"/files/a%2Fb").unwrap_or_default();
         assert_eq!(p.access(&n), Ok(Access::Open));
+    }
+
+    #[test]
+    fn invalid_escapes_are_refused() {
+        // Found by the `paths` fuzz target: `/%/%3%36o/` normalized to `/%/%36o/`, which
+        // normalizes again to `/%/6o/`: a lone `%` plus decoded digits made a new escape.
+        for raw in [
+            "/%/%3%36o/",
+            "/%%37%33ocket.io/",
+            "/a%",
+            "/a%2",
+            "/a%zz",
+            "/%%",
+        ] {
+            assert_eq!(
+                normalize(raw.as_bytes()),
+                Err(PathError::BadEscape),
+                "{raw}"
+            );
+        }
+        assert_eq!(norm("/a%25b"), "/a%25b");
     }
 }

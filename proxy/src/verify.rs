@@ -335,11 +335,20 @@ fn check_claims(
                 "the token has no user claim",
             ));
         }
-        Some(Value::String(s)) => HeaderValue::from_str(s),
-        Some(Value::Number(n)) => HeaderValue::from_str(&n.to_string()),
+        // An empty user would reach the upstream as an empty identity header.
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            return Err(AuthError::new(
+                ErrorCode::MissingClaim,
+                "the token's user claim is empty",
+            ));
+        }
+        // Header parsers trim values: "alice " would arrive as "alice".
+        Some(Value::String(s)) if s.trim() != s => Err(()),
+        Some(Value::String(s)) => HeaderValue::from_str(s).map_err(|_| ()),
+        Some(Value::Number(n)) => HeaderValue::from_str(&n.to_string()).map_err(|_| ()),
         Some(_) => return Err(malformed("the user claim is not a string or a number")),
     }
-    .map_err(|_| malformed("the user claim cannot be sent in a header"))?;
+    .map_err(|()| malformed("the user claim cannot be sent in a header"))?;
     let mut forwarded = Vec::with_capacity(rules.forward_claims.len());
     for (path, header) in &rules.forward_claims {
         if let Some(v) = claim_at(claims, path) {
@@ -506,6 +515,19 @@ mod tests {
             ),
             (
                 json!({"exp": 2000, "iss": "me", "aud": "you", "user": {"name": true}}),
+                MalformedToken,
+            ),
+            // Found by the `jwt` fuzz target: an empty user was forwarded as `x-auth-user: `.
+            (
+                json!({"exp": 2000, "iss": "me", "aud": "you", "user": {"name": ""}}),
+                MissingClaim,
+            ),
+            (
+                json!({"exp": 2000, "iss": "me", "aud": "you", "user": {"name": " "}}),
+                MissingClaim,
+            ),
+            (
+                json!({"exp": 2000, "iss": "me", "aud": "you", "user": {"name": "ann "}}),
                 MalformedToken,
             ),
         ];

@@ -5,9 +5,10 @@
 //! `/socket.io` neither in a plain-string-prefix router (socketioxide) nor in a router
 //! that percent-decodes and resolves dot segments first (Node's engine.io).
 
+use http::{HeaderMap, HeaderValue, header};
 use proptest::prelude::*;
 use proxy::path::{Access, PathPolicy, normalize};
-use proxy::token::{query_pairs, strip_query};
+use proxy::token::{Location, TokenSource, extract, query_pairs, strip_cookie, strip_query};
 
 fn policy() -> PathPolicy {
     PathPolicy::new(&["/socket.io/".into()], &[]).unwrap_or_else(|e| panic!("{e:?}"))
@@ -51,6 +52,9 @@ fn piece() -> impl Strategy<Value = String> {
         Just("\\".to_string()),
         Just("%00".to_string()),
         Just("%25".to_string()),
+        Just("%".to_string()),
+        Just("%3%36o".to_string()),
+        Just("%%37%33ocket.io".to_string()),
         Just("/".to_string()),
         Just("//".to_string()),
         "[a-z]{1,3}".prop_map(|s| s),
@@ -125,5 +129,54 @@ proptest! {
         let mut expected: Vec<String> = before;
         expected.extend(after);
         prop_assert_eq!(stripped, expected.join("&"), "query {}", query);
+    }
+
+    #[test]
+    fn extraction_finds_the_token_in_whichever_source_holds_it(
+        token in "[A-Za-z0-9_-]{1,20}\\.[A-Za-z0-9_-]{1,20}\\.[A-Za-z0-9_-]{0,20}",
+        other_pairs in prop::collection::vec("[a-z]{1,5}=[a-zA-Z0-9]{0,5}", 0..4),
+        other_cookies in prop::collection::vec("[a-z]{1,5}=[a-zA-Z0-9]{0,5}", 0..4),
+        place in 0..3usize,
+    ) {
+        let sources = [
+            TokenSource::Query("token".into()),
+            TokenSource::Bearer,
+            TokenSource::Cookie("io_token".into()),
+        ];
+        // Other names never collide with the token's.
+        let others = |v: &Vec<String>| -> Vec<String> {
+            v.iter().filter(|p| !p.starts_with("token=") && !p.starts_with("io_token=")).cloned().collect()
+        };
+        let mut pairs = others(&other_pairs);
+        let mut cookies = others(&other_cookies);
+        let mut headers = HeaderMap::new();
+        match place {
+            0 => pairs.insert(pairs.len() / 2, format!("token={token}")),
+            1 => {
+                let v = HeaderValue::from_str(&format!("Bearer {token}")).unwrap_or_else(|e| panic!("{e}"));
+                headers.insert(header::AUTHORIZATION, v);
+            }
+            _ => cookies.insert(cookies.len() / 2, format!("io_token={token}")),
+        }
+        if !cookies.is_empty() {
+            let v = HeaderValue::from_str(&cookies.join("; ")).unwrap_or_else(|e| panic!("{e}"));
+            headers.insert(header::COOKIE, v);
+        }
+        let query = pairs.join("&");
+        let found = extract(&sources, &headers, query.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no token in {query:?} / {headers:?}"));
+        prop_assert_eq!(found.token.as_ref(), token.as_str());
+        match (place, found.location) {
+            (0, Location::Query(range)) => prop_assert_eq!(&query[range], format!("token={token}")),
+            (1, Location::Authorization) => {}
+            (2, Location::Cookie(name)) => {
+                prop_assert_eq!(name.as_str(), "io_token");
+                let kept = strip_cookie(&cookies.join("; "), &name);
+                let expected = others(&other_cookies);
+                prop_assert_eq!(kept, (!expected.is_empty()).then(|| expected.join("; ")));
+            }
+            (p, l) => prop_assert!(false, "placed in source {p}, found at {l:?}"),
+        }
     }
 }

@@ -1,6 +1,8 @@
 // The demo page in a real headless Chromium (Debian's package, driven by playwright-core):
 // sign in through the form, see the live socket greet the user through the gateway, then
-// restart upstream-demo and watch the page reconnect by itself with a fresh token.
+// restart upstream-demo and watch the page reconnect by itself with a fresh token; with
+// reject_with = "socketio", a session outlives its short-lived tokens and a refusal's
+// reason is shown on the page.
 // The screenshots are kept as artifacts (tests/js/artifacts/); UPDATE_SCREENSHOT=1
 // also copies the first one to docs/screenshot.png, which the README shows.
 
@@ -16,32 +18,45 @@ const artifacts = path.join(repoRoot, "tests", "js", "artifacts");
 
 after(stopAll);
 
-test("sign in, live welcome through the gateway, reconnect after an upstream restart", async (t) => {
-  if (!existsSync(CHROMIUM)) {
-    const why = `${CHROMIUM} is missing: apt-get install -y chromium`;
-    if (process.env.CI === "true") throw new Error(why);
-    t.skip(why);
-    return;
-  }
-  mkdirSync(artifacts, { recursive: true });
-  // Short-lived tokens: every token the page held before the restart has expired by the
-  // time upstream-demo is back, so reconnecting proves the page fetched a fresh one.
-  const ttl = 4;
-  const demo = await startDemo({ tokenTtl: `${ttl}s` });
-  const gw = await startGateway({ upstreamPort: demo.port });
-  const browser = await chromium.launch({
+function chromiumOrSkip(t) {
+  if (existsSync(CHROMIUM)) return true;
+  const why = `${CHROMIUM} is missing: apt-get install -y chromium`;
+  if (process.env.CI === "true") throw new Error(why);
+  t.skip(why);
+  return false;
+}
+
+function launchChromium() {
+  return chromium.launch({
     executablePath: CHROMIUM,
     args: [
       "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
       "--disable-background-networking", "--disable-component-update", "--disable-sync",
     ],
   });
+}
+
+async function signIn(page, base) {
+  await page.goto(`${base}/login`);
+  await page.fill("#username", "gonzalo");
+  await page.fill("#password", "password");
+  await Promise.all([page.waitForURL(`${base}/private`), page.click("#submit")]);
+}
+
+const welcomes = (page) => page.getAttribute("#welcome", "data-count").then(Number);
+
+test("sign in, live welcome through the gateway, reconnect after an upstream restart", async (t) => {
+  if (!chromiumOrSkip(t)) return;
+  mkdirSync(artifacts, { recursive: true });
+  // Short-lived tokens: every token the page held before the restart has expired by the
+  // time upstream-demo is back, so reconnecting proves the page fetched a fresh one.
+  const ttl = 4;
+  const demo = await startDemo({ tokenTtl: `${ttl}s` });
+  const gw = await startGateway({ upstreamPort: demo.port });
+  const browser = await launchChromium();
   try {
     const page = await browser.newPage({ viewport: { width: 900, height: 640 } });
-    await page.goto(`${gw.url}/login`);
-    await page.fill("#username", "gonzalo");
-    await page.fill("#password", "password");
-    await Promise.all([page.waitForURL(`${gw.url}/private`), page.click("#submit")]);
+    await signIn(page, gw.url);
 
     await page.waitForFunction(() => Number(document.getElementById("welcome").dataset.count) >= 1, null, { timeout: 15_000 });
     assert.equal(await page.textContent("#welcome"), "Server says: welcome gonzalo");
@@ -76,6 +91,50 @@ test("sign in, live welcome through the gateway, reconnect after an upstream res
     assert.ok(tokenFetches.some((at) => at >= restartedAt), "a token was fetched after the restart");
     assert.equal(await page.textContent("#welcome"), "Server says: welcome gonzalo");
     await page.screenshot({ path: path.join(artifacts, "private-page-after-restart.png") });
+  } finally {
+    await browser.close();
+  }
+});
+
+test("reject_with = socketio: a session outlives its tokens, and a refusal's reason is shown", async (t) => {
+  if (!chromiumOrSkip(t)) return;
+  mkdirSync(artifacts, { recursive: true });
+  // Tokens live 3 s; the gateway closes a WebSocket when its token expires, so staying
+  // connected for 12 s takes several reconnects, each with a fresh token.
+  const demo = await startDemo({ tokenTtl: "3s", pingInterval: "1s" });
+  const gw = await startGateway({ upstreamPort: demo.port, auth: 'reject_with = "socketio"' });
+  // A gateway that refuses every token the demo mints (it wants another audience).
+  const strict = await startGateway({
+    upstreamPort: demo.port,
+    auth: 'reject_with = "socketio"',
+    audience: "another-service",
+  });
+  const browser = await launchChromium();
+  try {
+    const page = await browser.newPage({ viewport: { width: 900, height: 640 } });
+    await signIn(page, gw.url);
+    await page.waitForFunction(() => Number(document.getElementById("welcome").dataset.count) >= 1, null, { timeout: 15_000 });
+    await page.waitForFunction(() => Number(document.getElementById("welcome").dataset.count) >= 4, null, { timeout: 20_000 });
+    await page.waitForFunction(() => document.getElementById("status").textContent === "connected", null, { timeout: 10_000 });
+    await page.fill("#echo-text", "still here");
+    await page.press("#echo-text", "Enter");
+    await page.waitForFunction(() => document.getElementById("log").textContent.includes("echo: still here"), null, { timeout: 10_000 });
+    const log = await page.textContent("#log");
+    assert.ok(!log.includes("connect_error"), `no refusal on the way:\n${log}`);
+
+    const refused = await browser.newPage({ viewport: { width: 900, height: 640 } });
+    await signIn(refused, strict.url);
+    await refused.waitForFunction(() => document.getElementById("reason").textContent !== "", null, { timeout: 15_000 });
+    assert.equal(
+      await refused.textContent("#reason"),
+      "Connection refused: the token audience is not accepted (invalid_audience)",
+    );
+    assert.equal(await refused.textContent("#status"), "refused");
+    await new Promise((r) => setTimeout(r, 3_000));
+    const refusedLog = await refused.textContent("#log");
+    assert.ok(!refusedLog.includes("reconnect attempt"), `no retries:\n${refusedLog}`);
+    assert.equal(await welcomes(refused), 0);
+    await refused.screenshot({ path: path.join(artifacts, "private-page-refused.png") });
   } finally {
     await browser.close();
   }

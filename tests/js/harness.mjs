@@ -142,7 +142,7 @@ audience = "socket.io"
 }
 
 /** Starts the gateway in front of `upstreamPort`; `auth` adds `[auth]` lines. */
-export async function startGateway({ upstreamPort, auth = "" }) {
+export async function startGateway({ upstreamPort, auth = "", audience = "socket.io" }) {
   const dir = scratch();
   const port = await freePort();
   const file = path.join(dir, "gateway.toml");
@@ -160,7 +160,7 @@ servers = ["127.0.0.1:${upstreamPort}"]
 algorithms = ["HS256"]
 secret_env = "JWT_SECRET"
 issuer = "upstream-demo"
-audience = "socket.io"
+audience = "${audience}"
 leeway = "0s"
 ${auth}
 `,

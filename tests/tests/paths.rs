@@ -30,6 +30,8 @@ async fn bypass_paths_without_a_token_never_reach_the_upstream() {
         "/x/..%2Fsocket.io/",
         "/socket.io/%2e%2e/socket.io/",
         "/.%2E/socket.io/",
+        "/%%37%33ocket.io/?EIO=4&transport=polling",
+        "/%2%37%33ocket.io/",
     ];
     for path in attempts {
         let resp = http1::get(gw.addr, path, &[]).await;

@@ -78,6 +78,20 @@
       $("reason").textContent = "Connection refused: " + err.message + code;
       setStatus(socket.active ? "retrying" : "refused", "refused");
       log("connect_error: " + err.message + code);
+      // A gateway with reject_with = "socketio" refuses like io.use() middleware: the
+      // client stops retrying. An expired token is worth one more try with a fresh one.
+      if (!socket.active && err.data && err.data.error === "token_expired") {
+        const stale = token;
+        fetchToken()
+          .then((fresh) => {
+            if (fresh !== stale) {
+              socket.io.opts.query = { token: fresh };
+              log("retrying with a fresh token");
+              socket.connect();
+            }
+          })
+          .catch((e) => log("token: " + e.message));
+      }
     });
     socket.on("welcome", (msg) => {
       welcomes += 1;
