@@ -235,13 +235,21 @@ impl Ws {
         stream: TcpStream,
         addr: SocketAddr,
         query: &str,
+        headers: &[(&str, &str)],
     ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
         let url = format!(
             "ws://{addr}/socket.io/?EIO=4&transport=websocket{}",
             amp(query)
         );
+        let mut req = url.into_client_request()?;
+        for (n, v) in headers {
+            req.headers_mut().append(
+                http_name(n),
+                v.parse().unwrap_or_else(|e| panic!("header {n}: {e}")),
+            );
+        }
         let (stream, _) =
-            tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await?;
+            tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)).await?;
         Ok(Ws {
             stream,
             ended: None,

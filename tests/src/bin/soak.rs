@@ -4,7 +4,10 @@
 //! gateway's memory per connection (VmRSS from /proc/PID/status).
 //!
 //! `target/release/soak [N ...]` (default: 1000 and the most the descriptor limit
-//! allows). Environment: `SOAK_HOLD` seconds to hold (default 10).
+//! allows). Environment: `SOAK_HOLD` seconds to hold (default 10); `SOAK_DIRECT=1`
+//! connects the same clients straight to upstream-demo instead (for comparison);
+//! `SOAK_LOG` is the gateway's `RUST_LOG` (default `warn`), `SOAK_LOG_FILE` a file to
+//! write its log to.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -42,13 +45,19 @@ struct Outcome {
     rss_loaded: u64,
 }
 
-async fn open(addr: SocketAddr, i: usize, token: &str) -> Result<Ws, String> {
+async fn open(addr: SocketAddr, i: usize, token: &str, direct: bool) -> Result<Ws, String> {
     let source = Ipv4Addr::new(127, 0, 0, 1 + (i % usize::from(SOURCES)) as u8);
     let sock = TcpSocket::new_v4().map_err(|e| e.to_string())?;
     sock.bind(SocketAddr::new(source.into(), 0))
         .map_err(|e| e.to_string())?;
     let stream = sock.connect(addr).await.map_err(|e| e.to_string())?;
-    Ws::over(stream, addr, &format!("token={token}"))
+    // Straight to upstream-demo, the client brings the header the gateway would set.
+    let headers: &[(&str, &str)] = if direct {
+        &[("x-auth-user", "soak")]
+    } else {
+        &[]
+    };
+    Ws::over(stream, addr, &format!("token={token}"), headers)
         .await
         .map_err(|e| e.to_string())
 }
@@ -57,9 +66,13 @@ async fn run(n: usize, hold: Duration) -> Outcome {
     let demo = Demo::start("25s").await;
     let cfg = GatewayConfig::hs256(demo.addr)
         .proxy("shutdown_grace = \"1s\"")
-        .rust_log("warn");
+        .rust_log(&std::env::var("SOAK_LOG").unwrap_or_else(|_| "warn".into()));
     let gw = Gateway::start(&cfg).await;
-    let pid = gw.proc_.pid();
+    // SOAK_DIRECT=1: the same clients straight to upstream-demo (memory is then
+    // upstream-demo's), to tell the gateway's share of any failure from the rest.
+    let direct = std::env::var("SOAK_DIRECT").is_ok_and(|v| v == "1");
+    let pid = if direct { demo.proc_.pid() } else { gw.proc_.pid() };
+    let target = if direct { demo.addr } else { gw.addr };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_base = rss_kib(pid);
 
@@ -87,11 +100,11 @@ async fn run(n: usize, hold: Duration) -> Outcome {
             echoes.clone(),
             connects.clone(),
         );
-        let addr = gw.addr;
+        let addr = target;
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
             let t0 = Instant::now();
-            let mut ws = match tokio::time::timeout(Duration::from_secs(30), open(addr, i, &token)).await {
+            let mut ws = match tokio::time::timeout(Duration::from_secs(30), open(addr, i, &token, direct)).await {
                 Ok(Ok(ws)) => ws,
                 Ok(Err(e)) => return Err(e),
                 Err(_) => return Err("connect timed out".into()),
@@ -153,6 +166,11 @@ async fn run(n: usize, hold: Duration) -> Outcome {
             for l in &lines[lines.len().saturating_sub(8)..] {
                 eprintln!("  {name}: {l}");
             }
+        }
+    }
+    if let Ok(file) = std::env::var("SOAK_LOG_FILE") {
+        if let Err(e) = std::fs::write(&file, gw.logs()) {
+            eprintln!("soak: cannot write {file}: {e}");
         }
     }
     let mut connect = connects.lock().await.clone();
