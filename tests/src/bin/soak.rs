@@ -71,7 +71,11 @@ async fn run(n: usize, hold: Duration) -> Outcome {
     // SOAK_DIRECT=1: the same clients straight to upstream-demo (memory is then
     // upstream-demo's), to tell the gateway's share of any failure from the rest.
     let direct = std::env::var("SOAK_DIRECT").is_ok_and(|v| v == "1");
-    let pid = if direct { demo.proc_.pid() } else { gw.proc_.pid() };
+    let pid = if direct {
+        demo.proc_.pid()
+    } else {
+        gw.proc_.pid()
+    };
     let target = if direct { demo.addr } else { gw.addr };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_base = rss_kib(pid);
