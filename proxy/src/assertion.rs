@@ -97,6 +97,17 @@ struct Claims<'a> {
     exp: u64,
 }
 
+/// A borrowed `(user, second)` key: a cache hit costs no allocation. Hashes exactly as
+/// the owned `(Box<str>, u64)` key does.
+#[derive(Hash)]
+struct UserSecond<'a>(&'a str, u64);
+
+impl quick_cache::Equivalent<(Box<str>, u64)> for UserSecond<'_> {
+    fn equivalent(&self, key: &(Box<str>, u64)) -> bool {
+        *key.0 == *self.0 && key.1 == self.1
+    }
+}
+
 /// Mints assertions; everything but the claims is prepared at start-up.
 pub struct Asserter {
     signer: Signer,
@@ -165,8 +176,7 @@ impl Asserter {
 
     /// The assertion for `user` at `now` (seconds since the epoch).
     pub fn assertion(&self, user: &str, now: u64) -> Result<HeaderValue, String> {
-        let key = (Box::<str>::from(user), now);
-        if let Some(v) = self.recent.get(&key) {
+        if let Some(v) = self.recent.get(&UserSecond(user, now)) {
             return Ok(v);
         }
         let claims = Claims {
@@ -179,7 +189,7 @@ impl Asserter {
         let token = jsonwebtoken::encode(&self.jwt_header, &claims, &self.signer.key)
             .map_err(|e| format!("cannot sign the assertion: {e}"))?;
         let value = HeaderValue::from_str(&token).map_err(|e| e.to_string())?;
-        self.recent.insert(key, value.clone());
+        self.recent.insert((user.into(), now), value.clone());
         Ok(value)
     }
 }

@@ -168,9 +168,14 @@ impl std::fmt::Debug for FailureRate {
     }
 }
 
-/// The window of the failed-authentication rate; `Retry-After` covers two of them, after
-/// which an address that stopped failing has a zero estimate again.
-const FAILURE_WINDOW: Duration = Duration::from_secs(1);
+/// The window of the failed-authentication rate, in seconds.
+const FAILURE_WINDOW_SECS: u64 = 1;
+const FAILURE_WINDOW: Duration = Duration::from_secs(FAILURE_WINDOW_SECS);
+
+/// `Retry-After` of a `429`: two windows, after which an address that stopped failing
+/// has a zero estimate again.
+const RETRY_AFTER: &str = "2";
+const _: () = assert!(2 * FAILURE_WINDOW_SECS == 2, "RETRY_AFTER is two windows");
 
 /// Reads a request body of at most `limit` bytes (the rest is dropped).
 async fn read_body(session: &mut Session, limit: usize) -> Result<Vec<u8>> {
@@ -308,7 +313,7 @@ impl Gateway {
         &self,
         session: &mut Session,
         status: u16,
-        extra: Option<(http::HeaderName, String)>,
+        extra: Option<(http::HeaderName, http::HeaderValue)>,
         code: &str,
         message: &str,
     ) -> Result<()> {
@@ -325,13 +330,14 @@ impl Gateway {
         session: &mut Session,
         status: u16,
         content_type: &'static str,
-        extra: Option<(http::HeaderName, String)>,
+        extra: Option<(http::HeaderName, http::HeaderValue)>,
         body: Bytes,
     ) -> Result<()> {
         let mut resp = ResponseHeader::build(status, Some(8))?;
         resp.insert_header(header::CONTENT_TYPE, content_type)?;
         resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
         resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+        // `extra` may replace any of the above (the JWK Set is cacheable).
         if let Some((name, value)) = extra {
             resp.insert_header(name, value)?;
         }
@@ -371,12 +377,13 @@ impl Gateway {
             }
         }
         let challenge = if err.code == ErrorCode::MissingToken {
-            CHALLENGE.to_string()
+            http::HeaderValue::from_static(CHALLENGE)
         } else {
-            format!(
-                "{}, error=\"invalid_token\", error_description=\"{}\"",
-                CHALLENGE, err.reason
-            )
+            http::HeaderValue::try_from(format!(
+                "{CHALLENGE}, error=\"invalid_token\", error_description=\"{}\"",
+                err.reason
+            ))
+            .or_err(ErrorType::InternalError, "building WWW-Authenticate")?
         };
         self.respond_json(
             session,
@@ -399,7 +406,7 @@ impl Gateway {
         const TEXT: &str = "text/plain; charset=UTF-8";
         match kind {
             EngineRequest::PollingHandshake => {
-                let (_, open) = self.refusals.open(err);
+                let open = self.refusals.open(err);
                 self.respond(session, 200, TEXT, None, Bytes::from(open))
                     .await
             }
@@ -482,11 +489,13 @@ impl Gateway {
     ) -> Result<bool> {
         ctx.outcome = Outcome::RateLimited;
         self.count_failure(session);
-        let retry = (2 * FAILURE_WINDOW.as_secs()).to_string();
         self.respond_json(
             session,
             429,
-            Some((header::RETRY_AFTER, retry)),
+            Some((
+                header::RETRY_AFTER,
+                http::HeaderValue::from_static(RETRY_AFTER),
+            )),
             "rate_limited",
             "too many failed authentications from this address; retry later",
         )
@@ -574,13 +583,13 @@ impl ProxyHttp for Gateway {
                 && (method == http::Method::GET || method == http::Method::HEAD)
             {
                 ctx.outcome = Outcome::Served;
-                let mut resp = ResponseHeader::build(200, Some(4))?;
+                let cache = (
+                    header::CACHE_CONTROL,
+                    http::HeaderValue::from_static("max-age=300"),
+                );
                 let body = assertion.jwks_body();
-                resp.insert_header(header::CONTENT_TYPE, "application/jwk-set+json")?;
-                resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
-                resp.insert_header(header::CACHE_CONTROL, "max-age=300")?;
-                session.write_response_header(Box::new(resp), false).await?;
-                session.write_response_body(Some(body), true).await?;
+                self.respond(session, 200, "application/jwk-set+json", Some(cache), body)
+                    .await?;
                 return Ok(true);
             }
         }

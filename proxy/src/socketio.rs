@@ -12,7 +12,6 @@
 //! Refused sessions live in a bounded map for a few seconds: a flood of refused
 //! handshakes costs at most [`REFUSED_SESSIONS`] small entries.
 
-use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -109,17 +108,16 @@ pub struct Refused {
 }
 
 impl Refused {
-    /// Records the `CONNECT` packets of a polling `POST` body; true if there were any.
-    pub fn take_post(&self, body: &[u8]) -> bool {
+    /// Records the `CONNECT` packets of a polling `POST` body.
+    pub fn take_post(&self, body: &[u8]) {
         let asked = connect_namespaces(body);
         if asked.is_empty() {
-            return false;
+            return;
         }
         if let Ok(mut ns) = self.namespaces.lock() {
             ns.extend(asked);
         }
         self.connect.notify_waiters();
-        true
     }
 
     /// The `CONNECT_ERROR` packets for the namespaces asked so far, if any.
@@ -163,8 +161,8 @@ impl Default for Refusals {
 }
 
 impl Refusals {
-    /// Opens a refused session for `err`: its id and the Engine.IO open packet.
-    pub fn open(&self, err: &AuthError) -> (String, String) {
+    /// Opens a refused session for `err`; returns its Engine.IO open packet.
+    pub fn open(&self, err: &AuthError) -> String {
         let sid = new_sid();
         let refused = Arc::new(Refused {
             error: error_data(err),
@@ -172,9 +170,9 @@ impl Refusals {
             connect: Notify::new(),
             created: Instant::now(),
         });
-        self.sessions.insert(sid.as_str().into(), refused);
         let open = open_packet(&sid);
-        (sid, open)
+        self.sessions.insert(sid.into(), refused);
+        open
     }
 
     /// The refused session `sid`, unless unknown or expired.
@@ -232,16 +230,10 @@ pub fn connect_error(namespace: &str, data: &str) -> String {
 /// Namespaces named by the socket.io `CONNECT` packets (`40`, `40{auth}`, `40/ns,`,
 /// `40/ns,{auth}`) in an Engine.IO payload (packets separated by `\x1e`).
 pub fn connect_namespaces(payload: &[u8]) -> Vec<String> {
-    let text = String::from_utf8_lossy(payload);
-    text.split(SEPARATOR)
-        .filter_map(|packet| packet.strip_prefix("40"))
-        .map(|rest| match rest.strip_prefix('/') {
-            Some(ns) => {
-                let name = ns.split(',').next().unwrap_or_default();
-                format!("/{name}")
-            }
-            None => "/".to_string(),
-        })
+    String::from_utf8_lossy(payload)
+        .split(SEPARATOR)
+        .filter_map(connect_namespace_of)
+        .map(String::from)
         .collect()
 }
 
@@ -249,12 +241,13 @@ pub fn connect_namespaces(payload: &[u8]) -> Vec<String> {
 /// closed, and the client reconnects (fetching a fresh token if it is written to).
 pub const CLOSE_PACKET: &str = "1";
 
-/// Text for a WebSocket frame reader: a complete `CONNECT` text message's namespace.
-pub fn connect_namespace_of(text: &str) -> Option<Cow<'_, str>> {
-    let rest = text.strip_prefix("40")?;
-    Some(match rest.strip_prefix('/') {
-        Some(ns) => Cow::Owned(format!("/{}", ns.split(',').next().unwrap_or_default())),
-        None => Cow::Borrowed("/"),
+/// The namespace of one socket.io `CONNECT` packet, `None` for any other packet.
+pub fn connect_namespace_of(packet: &str) -> Option<&str> {
+    let rest = packet.strip_prefix("40")?;
+    Some(if rest.starts_with('/') {
+        rest.split(',').next().unwrap_or(rest)
+    } else {
+        "/"
     })
 }
 
@@ -337,7 +330,7 @@ impl WsRefusal {
             match self.ws.read() {
                 Ok(tungstenite::Message::Text(text)) => {
                     if let Some(ns) = connect_namespace_of(text.as_str()) {
-                        let packet = connect_error(&ns, &self.error);
+                        let packet = connect_error(ns, &self.error);
                         let _ = self.ws.send(tungstenite::Message::text(packet));
                         let _ = self.ws.close(None);
                         done = true;
@@ -420,7 +413,7 @@ mod tests {
         );
         assert_eq!(connect_namespaces(b"40{\"a\":1}"), vec!["/".to_string()]);
         assert!(connect_namespaces(b"42[\"x\"]").is_empty());
-        assert_eq!(connect_namespace_of("40/chat,").as_deref(), Some("/chat"));
+        assert_eq!(connect_namespace_of("40/chat,"), Some("/chat"));
         assert!(open_packet("s").starts_with(r#"0{"sid":"s","upgrades":[]"#));
         assert_eq!(new_sid().len(), 20);
     }

@@ -211,22 +211,8 @@ impl Ws {
         query: &str,
         headers: &[(&str, &str)],
     ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
-        let url = format!(
-            "ws://{addr}/socket.io/?EIO=4&transport=websocket{}",
-            amp(query)
-        );
-        let mut req = url.into_client_request()?;
-        for (n, v) in headers {
-            req.headers_mut().append(
-                http_name(n),
-                v.parse().unwrap_or_else(|e| panic!("header {n}: {e}")),
-            );
-        }
-        let (stream, _) = tokio_tungstenite::connect_async(req).await?;
-        Ok(Ws {
-            stream,
-            ended: None,
-        })
+        let stream = TcpStream::connect(addr).await?;
+        Self::over(stream, addr, query, headers).await
     }
 
     /// Opens a WebSocket session over an already connected TCP stream (the soak tool

@@ -345,27 +345,23 @@ async fn main() {
             systems: vec![&gw, &ha],
         });
     }
-    scenarios.push(Scenario {
-        name: "valid HS256 -> upstream-demo handshake, c=50".into(),
-        query: q(&valid),
-        expect: 200,
-        conns: 50,
-        systems: vec![&gw_demo, &ha_demo, &ngx_demo],
-    });
-    scenarios.push(Scenario {
-        name: "valid RS256 -> 200, c=50".into(),
-        query: q(&rs),
-        expect: 200,
-        conns: 50,
-        systems: vec![&gw_rs, &ha_rs, &gw_rs_nc],
-    });
-    scenarios.push(Scenario {
-        name: "valid ES256 -> 200, c=50".into(),
-        query: q(&es),
-        expect: 200,
-        conns: 50,
-        systems: vec![&gw_es, &ha_es, &gw_es_nc],
-    });
+    for (name, token, systems) in [
+        (
+            "valid HS256 -> upstream-demo handshake",
+            &valid,
+            vec![&gw_demo, &ha_demo, &ngx_demo],
+        ),
+        ("valid RS256 -> 200", &rs, vec![&gw_rs, &ha_rs, &gw_rs_nc]),
+        ("valid ES256 -> 200", &es, vec![&gw_es, &ha_es, &gw_es_nc]),
+    ] {
+        scenarios.push(Scenario {
+            name: format!("{name}, c=50"),
+            query: q(token),
+            expect: 200,
+            conns: 50,
+            systems,
+        });
+    }
     scenarios.retain(|s| only.is_empty() || s.name.contains(&only));
 
     let mut table = String::new();
