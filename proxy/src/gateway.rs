@@ -20,6 +20,7 @@ use std::hash::{Hash, Hasher};
 use pingora::lb::LoadBalancer;
 use pingora::lb::selection::Consistent;
 
+use crate::affinity::{Affinity, Handshake, Scan, sid_of};
 use crate::config::{RejectWith, Settings, Sticky};
 use crate::logging::Redactor;
 use crate::metrics::Metrics;
@@ -87,24 +88,7 @@ pub enum Upstreams {
     /// A single server.
     One(SocketAddr),
     /// Several servers; health-checked in a background service.
-    Many(Arc<LoadBalancer<Consistent>>, Arc<SessionMap>),
-}
-
-/// Engine.IO session affinity: the server each `sid` was first routed to. Consistent
-/// hashing alone would move a session's requests when a server comes back (its keys
-/// return to it) and break sessions alive elsewhere; with this map a request of an
-/// established session goes where the session lives as long as that server is healthy.
-/// Bounded (least recently used entries go first), so floods cost a fixed amount.
-pub type SessionMap = quick_cache::sync::Cache<Box<str>, pingora::lb::Backend>;
-
-/// How many Engine.IO sessions the affinity map remembers.
-pub const SESSION_MAP_ENTRIES: usize = 100_000;
-
-/// The `sid` query parameter, if any (names decoded as Engine.IO's server decodes them).
-fn sid_of(query: Option<&str>) -> Option<&str> {
-    token::query_pairs(query?.as_bytes())
-        .find(|(_, name, value)| **name == *b"sid" && !value.is_empty())
-        .and_then(|(_, _, value)| std::str::from_utf8(value).ok())
+    Many(Arc<LoadBalancer<Consistent>>, Arc<Affinity>),
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -140,6 +124,9 @@ pub struct RequestCtx {
     /// Hash of the sticky key (`upstream.sticky`): every request of one Engine.IO
     /// session carries the same token, user and address, so it reaches the same server.
     pub sticky: u64,
+    /// A polling handshake sent to one of several servers: its answer names the new
+    /// session, which is then pinned to that server.
+    pub handshake: Option<Handshake>,
     _in_flight: InFlightGuard,
 }
 
@@ -544,6 +531,7 @@ impl ProxyHttp for Gateway {
             upstream_failed: false,
             websocket: false,
             sticky: 0,
+            handshake: None,
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -735,15 +723,20 @@ impl ProxyHttp for Gateway {
     ) -> Result<Box<HttpPeer>> {
         let mut peer = match &self.upstreams {
             Upstreams::One(addr) => HttpPeer::new(*addr, false, String::new()),
-            Upstreams::Many(lb, sessions) => {
-                let sid = sid_of(session.req_header().uri.query());
+            Upstreams::Many(lb, affinity) => {
+                let req = session.req_header();
+                let sid = sid_of(req.uri.query());
                 let known = sid
-                    .and_then(|sid| sessions.get(sid))
+                    .and_then(|sid| affinity.server_of(sid))
                     .filter(|b| lb.backends().ready(b));
                 let chosen = known.or_else(|| {
                     let b = lb.select(&ctx.sticky.to_le_bytes(), 256)?;
-                    if let Some(sid) = sid {
-                        sessions.insert(sid.into(), b.clone());
+                    match sid {
+                        Some(sid) => affinity.remember(sid, b.clone()),
+                        None if req.method == http::Method::GET && !session.is_upgrade_req() => {
+                            ctx.handshake = Some(Handshake::new(b.clone()));
+                        }
+                        None => {}
                     }
                     Some(b)
                 });
@@ -795,15 +788,29 @@ impl ProxyHttp for Gateway {
     }
 
     /// Upstream-to-client bytes (socket.io pings arrive at least once per ping interval):
-    /// closes the connection once the token has expired.
+    /// closes the connection once the token has expired. The answer to a handshake sent
+    /// to one of several servers pins the session it opens to that server, before the
+    /// client can send a request of that session.
     fn response_body_filter(
         &self,
         session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
         self.check_expiry(session, ctx)?;
+        if let (Some(handshake), Some(chunk), Upstreams::Many(_, affinity)) =
+            (ctx.handshake.as_mut(), body.as_ref(), &self.upstreams)
+        {
+            match handshake.feed(chunk) {
+                Scan::More => {}
+                Scan::Sid(sid) => {
+                    affinity.remember(&sid, handshake.server.clone());
+                    ctx.handshake = None;
+                }
+                Scan::None => ctx.handshake = None,
+            }
+        }
         Ok(None)
     }
 

@@ -10,6 +10,7 @@
 //! - [`keys`]: loading keys, pinning each to its algorithms, reloading `jwks_file`.
 //! - [`verify`]: signature and claim checks, mapped to the SPEC's error codes.
 //! - [`gateway`]: the `ProxyHttp` implementation tying the above together.
+//! - [`affinity`]: which of several servers each Engine.IO session lives on.
 //! - [`socketio`]: refusals spoken in socket.io's protocol (`reject_with = "socketio"`).
 //! - [`assertion`]: the optional signed identity assertion and its JWK Set.
 //! - [`metrics`]: the Prometheus series, resolved once, counted in `logging`.
@@ -17,6 +18,7 @@
 //! - [`logging`]: `RUST_LOG` tracing with token redaction at the sink.
 //! - [`memory`]: returning freed memory to the system after bursts.
 
+pub mod affinity;
 pub mod assertion;
 pub mod config;
 pub mod gateway;

@@ -15,8 +15,9 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 
+use crate::affinity::Affinity;
 use crate::config::Settings;
-use crate::gateway::{Gateway, InFlight, SESSION_MAP_ENTRIES, SessionMap, Upstreams};
+use crate::gateway::{Gateway, InFlight, Upstreams};
 use crate::logging::Redactor;
 use crate::metrics::Metrics;
 
@@ -250,7 +251,7 @@ pub fn run(settings: Settings, redactor: Redactor, upgrade: bool, daemon: bool) 
             let service = background_service("upstream health check", lb);
             let lb = service.task();
             server.add_service(service);
-            Upstreams::Many(lb, Arc::new(SessionMap::new(SESSION_MAP_ENTRIES)))
+            Upstreams::Many(lb, Arc::new(Affinity::default()))
         }
     };
     let gateway = Gateway::new(

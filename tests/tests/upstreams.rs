@@ -1,7 +1,7 @@
 //! Several upstream servers (SPEC item 9): every request of one Engine.IO session
 //! reaches the same server, a server failing its TCP health check gets no new sessions
-//! within 3 x `health_check`, it gets its share back when it returns, and with no
-//! healthy server the answer is `502` JSON.
+//! within 3 x `health_check`, it gets its share back when it returns without moving the
+//! sessions opened elsewhere meanwhile, and with no healthy server the answer is `502` JSON.
 
 use std::time::{Duration, Instant};
 
@@ -107,6 +107,11 @@ async fn cluster(n: usize, sticky: &str) {
         .await
         .unwrap_or_else(|r| panic!("{}", r.status));
     living.join().await;
+    // ...and one whose handshake is answered there but whose first request with its
+    // `sid` comes only after the victim is back (the health check may flip in between).
+    let pending = Polling::handshake(gw.addr, &format!("token={}", tokens[0]), &[])
+        .await
+        .unwrap_or_else(|r| panic!("{}", r.status));
 
     // Bring it back: once healthy, the same token's new sessions go to it again.
     demos[victim] = Demo::start_on(&port.to_string(), "25s").await;
@@ -128,7 +133,12 @@ async fn cluster(n: usize, sticky: &str) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // ...is not broken by the remapping: its requests still reach its server.
+    // ...are not broken by the remapping: their requests still reach their server.
+    assert_eq!(
+        pending.join().await,
+        json!({ "user": users[0] }),
+        "the pending session was moved"
+    );
     let r = living.post(&["429[\"echo\",\"still\"]"]).await;
     assert_eq!(r.status, 200, "the living session was moved: {}", r.text());
     assert_eq!(living.poll_until("439").await, "439[\"still\"]");
