@@ -193,8 +193,16 @@ pub struct Ws {
     stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// Why the last [`Ws::recv`] saw the connection end (close frame, EOF or error).
     ended: Option<String>,
-    /// A frame [`Ws::connect`] already read (the open packet), returned by the next recv.
-    pending: Option<String>,
+    /// How [`Ws::connect`] opened this session, to open it again once (see there).
+    redial: Option<Redial>,
+}
+
+/// The arguments of a [`Ws::connect`].
+#[derive(Debug)]
+struct Redial {
+    addr: SocketAddr,
+    query: String,
+    headers: Vec<(String, String)>,
 }
 
 /// What ended a [`Ws::recv`].
@@ -208,25 +216,27 @@ pub enum Recv {
 
 impl Ws {
     /// Opens `/socket.io/?EIO=4&transport=websocket&<query>`.
+    ///
+    /// Pingora 0.9.1 may tear a tunnel down right after its 101 when the upstream answers
+    /// first (cloudflare/pingora#946, README "Performance"): the upstream's first frames
+    /// still arrive, the client's first frame meets a reset. A socket.io client then
+    /// reconnects. [`Ws::open_and_join`] does the same, once, and only when the connection
+    /// ends before the session's `CONNECT` is answered, so a gateway whose WebSockets do
+    /// not work still fails every test.
     pub async fn connect(
         addr: SocketAddr,
         query: &str,
         headers: &[(&str, &str)],
     ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
-        // Pingora 0.9.1 may tear a tunnel down right after its 101 when the upstream
-        // answers first (cloudflare/pingora#946, README "Performance"); a socket.io client
-        // reconnects. The harness does the same, once, and only when the connection ends
-        // before the Engine.IO open packet, so a gateway whose WebSockets do not work still
-        // fails every test.
         let mut ws = Self::open(addr, query, headers).await?;
-        match tokio::time::timeout(STEP, ws.recv()).await {
-            Ok(Recv::Text(first)) => ws.pending = Some(first),
-            Ok(Recv::Closed) => {
-                ws.torn_down();
-                ws = Self::open(addr, query, headers).await?;
-            }
-            Err(_) => {}
-        }
+        ws.redial = Some(Redial {
+            addr,
+            query: query.to_owned(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+        });
         Ok(ws)
     }
 
@@ -240,7 +250,7 @@ impl Ws {
 
     fn torn_down(&self) {
         eprintln!(
-            "ws: closed right after the 101 ({}), cloudflare/pingora#946; retrying once",
+            "ws: the tunnel ended right after the 101 ({}), cloudflare/pingora#946; reconnecting once",
             self.ended.as_deref().unwrap_or("?")
         );
     }
@@ -269,7 +279,7 @@ impl Ws {
         Ok(Ws {
             stream,
             ended: None,
-            pending: None,
+            redial: None,
         })
     }
 
@@ -288,9 +298,6 @@ impl Ws {
 
     /// The next text frame, answering Engine.IO pings on the way.
     pub async fn recv(&mut self) -> Recv {
-        if let Some(first) = self.pending.take() {
-            return Recv::Text(first);
-        }
         loop {
             match self.stream.next().await {
                 Some(Ok(Message::Text(t))) => {
@@ -319,6 +326,16 @@ impl Ws {
         }
     }
 
+    /// The next text frame within [`STEP`], `None` when the connection ended (panics on
+    /// timeout).
+    async fn expect_or_closed(&mut self) -> Option<String> {
+        match tokio::time::timeout(STEP, self.recv()).await {
+            Ok(Recv::Text(t)) => Some(t),
+            Ok(Recv::Closed) => None,
+            Err(_) => panic!("no frame within {STEP:?}"),
+        }
+    }
+
     /// The next text frame within [`STEP`] (panics on close or timeout).
     pub async fn expect(&mut self) -> String {
         match tokio::time::timeout(STEP, self.recv()).await {
@@ -331,22 +348,47 @@ impl Ws {
         }
     }
 
-    /// WebSocket-only session: reads the open packet, joins `/`, returns `welcome`.
+    /// WebSocket-only session: reads the open packet, joins `/`, returns `welcome`
+    /// (reconnecting once, see [`Ws::connect`]).
     pub async fn open_and_join(&mut self) -> Value {
-        let open = self.expect().await;
-        assert!(open.starts_with("0{"), "not an open packet: {open}");
-        self.join().await
+        if let Some(welcome) = self.try_open_and_join().await {
+            return welcome;
+        }
+        let Some(r) = self.redial.take() else {
+            panic!(
+                "connection closed ({})",
+                self.ended.as_deref().unwrap_or("?")
+            );
+        };
+        self.torn_down();
+        let headers: Vec<(&str, &str)> = r
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        *self = Self::open(r.addr, &r.query, &headers)
+            .await
+            .unwrap_or_else(|e| panic!("reconnect refused: {e}"));
+        self.try_open_and_join().await.unwrap_or_else(|| {
+            panic!(
+                "connection closed ({})",
+                self.ended.as_deref().unwrap_or("?")
+            )
+        })
     }
 
-    /// Joins namespace `/` and returns the `welcome` payload.
-    pub async fn join(&mut self) -> Value {
-        self.send("40").await;
+    /// [`Ws::open_and_join`] without the reconnect: `None` when the connection ended.
+    async fn try_open_and_join(&mut self) -> Option<Value> {
+        let open = self.expect_or_closed().await?;
+        assert!(open.starts_with("0{"), "not an open packet: {open}");
+        if !self.try_send("40").await {
+            return None;
+        }
         let mut join = Join::default();
         loop {
-            let p = self.expect().await;
-            join.feed(&p);
+            join.feed(&self.expect_or_closed().await?);
             if let Some(w) = join.done() {
-                return w;
+                return Some(w);
             }
         }
     }
@@ -368,7 +410,7 @@ impl Ws {
     pub async fn upgrade(addr: SocketAddr, polling: &Polling) -> Ws {
         let query = format!("sid={}{}", polling.sid, amp(&polling.query));
         let headers = polling.header_refs();
-        // One retry when the tunnel ends before the probe's answer, as in [`Ws::connect`].
+        // One retry when the tunnel ends before the probe's answer (see [`Ws::connect`]).
         for attempt in 0..2 {
             let mut ws = Ws::open(addr, &query, &headers)
                 .await
