@@ -121,6 +121,9 @@ fn open_packet_sid(body: &[u8]) -> Scan {
         Some(b':') if digits > 0 => &body[digits + 1..],
         _ => body,
     };
+    if digits == body.len() {
+        return Scan::More; // a v3 length prefix cut short
+    }
     match packet {
         [] | [b'0'] => return Scan::More,
         [b'0', b'{', ..] => {}
@@ -130,22 +133,9 @@ fn open_packet_sid(body: &[u8]) -> Scan {
     let Some(at) = packet.windows(KEY.len()).position(|w| w == KEY) else {
         return Scan::More;
     };
-    let rest = &packet[at + KEY.len()..];
-    let rest = trim_json_space(rest);
-    let Some(rest) = rest.strip_prefix(b":") else {
-        return if rest.is_empty() {
-            Scan::More
-        } else {
-            Scan::None
-        };
-    };
-    let rest = trim_json_space(rest);
-    let Some(rest) = rest.strip_prefix(b"\"") else {
-        return if rest.is_empty() {
-            Scan::More
-        } else {
-            Scan::None
-        };
+    let rest = match after(&packet[at + KEY.len()..], b':').and_then(|r| after(r, b'"')) {
+        Ok(rest) => rest,
+        Err(scan) => return scan,
     };
     let Some(end) = rest.iter().position(|b| *b == b'"') else {
         return Scan::More;
@@ -156,18 +146,21 @@ fn open_packet_sid(body: &[u8]) -> Scan {
     if sid.is_empty() || !sid.iter().all(|b| b.is_ascii_graphic() && *b != b'\\') {
         return Scan::None;
     }
-    match std::str::from_utf8(sid) {
-        Ok(sid) => Scan::Sid(sid.to_owned()),
-        Err(_) => Scan::None,
-    }
+    Scan::Sid(sid.iter().copied().map(char::from).collect())
 }
 
-fn trim_json_space(bytes: &[u8]) -> &[u8] {
+/// What follows `byte` after optional JSON whitespace; `More` when `bytes` ends first,
+/// `None` when something else comes.
+fn after(bytes: &[u8], byte: u8) -> Result<&[u8], Scan> {
     let n = bytes
         .iter()
         .take_while(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
         .count();
-    &bytes[n..]
+    match &bytes[n..] {
+        [] => Err(Scan::More),
+        [first, rest @ ..] if *first == byte => Ok(rest),
+        _ => Err(Scan::None),
+    }
 }
 
 #[cfg(test)]
@@ -188,6 +181,14 @@ mod tests {
         );
         let v3 = br#"96:0{"sid" : "abc-123","upgrades":[]}2:40"#;
         assert_eq!(open_packet_sid(v3), Scan::Sid("abc-123".into()));
+        for cut in 0..v3.len() {
+            let mut h = Handshake::new(server());
+            match h.feed(&v3[..cut]) {
+                Scan::Sid(sid) => assert_eq!(sid, "abc-123", "cut {cut}"),
+                Scan::More => assert_eq!(h.feed(&v3[cut..]), Scan::Sid("abc-123".into())),
+                Scan::None => panic!("gave up at cut {cut}"),
+            }
+        }
     }
 
     #[test]

@@ -338,14 +338,17 @@ impl Ws {
 
     /// The next text frame within [`STEP`] (panics on close or timeout).
     pub async fn expect(&mut self) -> String {
-        match tokio::time::timeout(STEP, self.recv()).await {
-            Ok(Recv::Text(t)) => t,
-            Ok(Recv::Closed) => panic!(
-                "connection closed ({})",
-                self.ended.as_deref().unwrap_or("?")
-            ),
-            Err(_) => panic!("no frame within {STEP:?}"),
+        match self.expect_or_closed().await {
+            Some(t) => t,
+            None => self.closed(),
         }
+    }
+
+    fn closed(&self) -> ! {
+        panic!(
+            "connection closed ({})",
+            self.ended.as_deref().unwrap_or("?")
+        )
     }
 
     /// WebSocket-only session: reads the open packet, joins `/`, returns `welcome`
@@ -355,10 +358,7 @@ impl Ws {
             return welcome;
         }
         let Some(r) = self.redial.take() else {
-            panic!(
-                "connection closed ({})",
-                self.ended.as_deref().unwrap_or("?")
-            );
+            self.closed()
         };
         self.torn_down();
         let headers: Vec<(&str, &str)> = r
@@ -369,12 +369,10 @@ impl Ws {
         *self = Self::open(r.addr, &r.query, &headers)
             .await
             .unwrap_or_else(|e| panic!("reconnect refused: {e}"));
-        self.try_open_and_join().await.unwrap_or_else(|| {
-            panic!(
-                "connection closed ({})",
-                self.ended.as_deref().unwrap_or("?")
-            )
-        })
+        match self.try_open_and_join().await {
+            Some(welcome) => welcome,
+            None => self.closed(),
+        }
     }
 
     /// [`Ws::open_and_join`] without the reconnect: `None` when the connection ended.
