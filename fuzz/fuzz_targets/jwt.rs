@@ -34,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
             user_claim: vec!["user".into(), "username".into()],
             forward_claims: vec![(vec!["role".into()], http::HeaderName::from_static("x-role"))],
             required_typ: Some("jwt".into()),
+            max_lifetime: None,
         };
         let key = EncodingKey::from_secret(SECRET).unwrap_or_else(|e| panic!("{e}"));
         (keys, rules, key)

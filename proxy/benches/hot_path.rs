@@ -32,6 +32,7 @@ fn rules() -> Rules {
         user_claim: vec!["sub".into()],
         forward_claims: vec![],
         required_typ: None,
+        max_lifetime: None,
     }
 }
 

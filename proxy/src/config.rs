@@ -238,6 +238,14 @@ pub struct AuthConfig {
     /// compared case-insensitively with an optional `application/` prefix.
     #[serde(default)]
     pub required_typ: Option<String>,
+    /// Refuse tokens whose `exp` lies further than this ahead (`token_lifetime`): a
+    /// leaked long-lived token is a credential for that long. Off when unset.
+    #[serde(default)]
+    pub max_lifetime: Option<Dur>,
+    /// Origins (`https://app.example`) whose pages may read the gateway's refusals with
+    /// credentials (CORS). Others get no CORS headers at all.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -532,6 +540,19 @@ impl Config {
         {
             v.push("auth.required_typ", "must not be empty when set".into());
         }
+        if auth.max_lifetime.as_ref().is_some_and(|d| d.0.is_zero()) {
+            v.push("auth.max_lifetime", "must be more than 0s when set".into());
+        }
+        let mut cors_origins = Vec::new();
+        for (i, o) in auth.cors_origins.iter().enumerate() {
+            match cors_origin(o) {
+                Some(value) => cors_origins.push(value),
+                None => v.push(
+                    &format!("auth.cors_origins[{i}]"),
+                    format!("{o:?} is not an origin such as \"https://app.example\" (scheme, host, optional port, nothing else)"),
+                ),
+            }
+        }
         let assertion = self.assertion.as_ref().and_then(|a| {
             let header = header_name(&mut v, "assertion.header", &a.header);
             if header.is_some() && header == user_header {
@@ -602,6 +623,8 @@ impl Config {
                 failure_limit: auth.failure_limit,
                 reject_with: auth.reject_with,
                 required_typ: auth.required_typ.clone(),
+                max_lifetime: auth.max_lifetime.as_ref().map(|d| d.0),
+                cors_origins,
                 assertion,
             }),
             _ => Err(vec![Problem {
@@ -718,6 +741,15 @@ fn parse_addr(v: &mut Problems<'_>, key: &str, text: &str) -> Option<SocketAddr>
     }
 }
 
+/// An origin exactly as browsers send it in `Origin`, or `None` when `text` is not one.
+fn cors_origin(text: &str) -> Option<http::HeaderValue> {
+    let url = reqwest::Url::parse(text).ok()?;
+    let origin = url.origin().ascii_serialization();
+    (matches!(url.scheme(), "http" | "https") && origin == text)
+        .then(|| http::HeaderValue::from_str(&origin).ok())
+        .flatten()
+}
+
 fn header_name(v: &mut Problems<'_>, key: &str, text: &str) -> Option<http::HeaderName> {
     match http::HeaderName::from_bytes(text.as_bytes()) {
         Ok(h) => Some(h),
@@ -782,6 +814,10 @@ pub struct Settings {
     pub reject_with: RejectWith,
     /// Required token `typ`.
     pub required_typ: Option<String>,
+    /// Longest remaining token life accepted.
+    pub max_lifetime: Option<Duration>,
+    /// Origins given credentialed CORS on the gateway's own answers.
+    pub cors_origins: Vec<http::HeaderValue>,
     /// The signed identity assertion, when configured.
     pub assertion: Option<crate::assertion::Asserter>,
 }

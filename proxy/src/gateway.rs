@@ -20,11 +20,11 @@ use std::hash::{Hash, Hasher};
 use pingora::lb::LoadBalancer;
 use pingora::lb::selection::Consistent;
 
-use crate::affinity::{Affinity, Handshake, Scan, sid_of};
 use crate::config::{RejectWith, Settings, Sticky};
 use crate::logging::Redactor;
 use crate::metrics::Metrics;
 use crate::path::{Access, normalize};
+use crate::sessions::{Handshake, Scan, Sessions, sid_of};
 use crate::socketio::{self, EngineRequest, Refusals, WsRefusal};
 use crate::token::{self, Location};
 use crate::verify::{AuthError, ErrorCode, Rules, Verifier};
@@ -88,14 +88,14 @@ pub enum Upstreams {
     /// A single server.
     One(SocketAddr),
     /// Several servers; health-checked in a background service.
-    Many(Arc<LoadBalancer<Consistent>>, Arc<Affinity>),
+    Many(Arc<LoadBalancer<Consistent>>),
 }
 
 impl std::fmt::Debug for Upstreams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Upstreams::One(a) => write!(f, "One({a})"),
-            Upstreams::Many(lb, _) => {
+            Upstreams::Many(lb) => {
                 write!(f, "Many({} servers)", lb.backends().get_backend().len())
             }
         }
@@ -124,9 +124,12 @@ pub struct RequestCtx {
     /// Hash of the sticky key (`upstream.sticky`): every request of one Engine.IO
     /// session carries the same token, user and address, so it reaches the same server.
     pub sticky: u64,
-    /// A polling handshake sent to one of several servers: its answer names the new
-    /// session, which is then pinned to that server.
+    /// An authenticated polling handshake: its answer names the new session, which is
+    /// then bound to the user (and the server it went to).
     pub handshake: Option<Handshake>,
+    /// The identity headers to send upstream, set in the last phase before the request
+    /// is written (`upstream_request_filter`), after Pingora's hop-by-hop sanitizing.
+    pub identity: Vec<(http::HeaderName, http::HeaderValue)>,
     _in_flight: InFlightGuard,
 }
 
@@ -144,6 +147,11 @@ pub struct Gateway {
     failures: Option<FailureRate>,
     /// Engine.IO sessions refused in socket.io's terms (`reject_with = "socketio"`).
     refusals: Refusals,
+    /// Engine.IO sessions seen opened: their user and server.
+    sessions: Sessions,
+    /// The identity headers' names, lower-case with `-`, to catch client copies under
+    /// any spelling a server may fold into them (case, `_` for `-`).
+    identity_names: Vec<Vec<u8>>,
 }
 
 /// Failed authentications per client address over the last second or two.
@@ -176,6 +184,28 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Vec<u8>> {
 
 /// `WWW-Authenticate` for a missing token; invalid tokens add `error` and the reason.
 const CHALLENGE: &str = "Bearer realm=\"socket.io\"";
+
+/// A header-name byte as servers that fold names compare it: lower case, `_` as `-`.
+fn fold_header_byte(b: u8) -> u8 {
+    if b == b'_' {
+        b'-'
+    } else {
+        b.to_ascii_lowercase()
+    }
+}
+
+/// The failed-authentication key of a client address: IPv4 as is (also when written
+/// IPv4-mapped), IPv6 by its /64.
+fn rate_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv6Addr};
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        },
+    }
+}
 
 fn now_secs() -> f64 {
     SystemTime::now()
@@ -214,6 +244,11 @@ impl Gateway {
             metrics,
             verifier: Verifier::new(Rules::new(&settings), settings.verify_cache),
             refusals: Refusals::default(),
+            sessions: Sessions::default(),
+            identity_names: settings
+                .identity_headers()
+                .map(|h| h.as_str().as_bytes().to_vec())
+                .collect(),
             failures: (settings.failure_limit > 0)
                 .then(|| FailureRate(pingora_limits::rate::Rate::new(FAILURE_WINDOW))),
             settings,
@@ -222,12 +257,14 @@ impl Gateway {
         }
     }
 
-    /// The client's IP address (the rate-limit key); `None` for Unix sockets.
+    /// The rate-limit key of the client: its IPv4 address, or its IPv6 /64 (one
+    /// subscriber's usual allocation, so that a client can not get 2^64 budgets by
+    /// rotating addresses); `None` for Unix sockets.
     fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
         session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
+            .map(|a| rate_key(a.ip()))
     }
 
     /// Whether this address failed authentication more than `auth.failure_limit` times
@@ -256,6 +293,13 @@ impl Gateway {
     /// `Content-Length` and `Transfer-Encoding`, Pingora's parser has already dropped the
     /// length, as RFC 9112 6.3 says, and closes the connection after the response.)
     fn framing_problem(req: &pingora::http::RequestHeader) -> Option<&'static str> {
+        let lengths = req.headers.get_all(header::CONTENT_LENGTH);
+        if lengths
+            .iter()
+            .any(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit))
+        {
+            return Some("Content-Length must be a single number");
+        }
         let te = req.headers.get_all(header::TRANSFER_ENCODING);
         let mut te_count = 0;
         for v in te.iter() {
@@ -270,6 +314,50 @@ impl Gateway {
         }
         if cl_count > 1 {
             return Some("Content-Length is given more than once");
+        }
+        None
+    }
+
+    /// Whether `name` is a spelling of an identity header that some server reads as
+    /// that header: any letter case, `_` for `-`.
+    fn is_identity_spelling(&self, name: &[u8]) -> bool {
+        self.identity_names.iter().any(|id| {
+            id.len() == name.len() && id.iter().zip(name).all(|(a, b)| *a == fold_header_byte(*b))
+        })
+    }
+
+    /// Removes every client copy of the identity headers, under every spelling.
+    fn remove_client_identity(&self, req: &mut pingora::http::RequestHeader) {
+        let copies: Vec<http::HeaderName> = req
+            .headers
+            .keys()
+            .filter(|n| self.is_identity_spelling(n.as_str().as_bytes()))
+            .cloned()
+            .collect();
+        for name in copies {
+            req.remove_header(&name);
+        }
+    }
+
+    /// A `Connection` header naming a header the gateway sets (the identity headers) or
+    /// one that frames or routes the message: Pingora strips what `Connection` names
+    /// (RFC 9110 7.6.1), so honouring it would let a client delete them.
+    fn connection_problem(&self, req: &pingora::http::RequestHeader) -> Option<&'static str> {
+        let named = req
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii);
+        for token in named {
+            let framing = [&b"host"[..], b"content-length", b"transfer-encoding"]
+                .iter()
+                .any(|h| token.eq_ignore_ascii_case(h));
+            if framing || self.is_identity_spelling(token) {
+                return Some(
+                    "the Connection header names a header the gateway sets or frames with",
+                );
+            }
         }
         None
     }
@@ -328,9 +416,19 @@ impl Gateway {
         if let Some((name, value)) = extra {
             resp.insert_header(name, value)?;
         }
-        if let Some(origin) = session.req_header().headers.get(header::ORIGIN).cloned() {
+        // Credentialed CORS only for the listed origins (`auth.cors_origins`).
+        let origins = &self.settings.cors_origins;
+        if let Some(origin) = session
+            .req_header()
+            .headers
+            .get(header::ORIGIN)
+            .filter(|o| origins.contains(o))
+            .cloned()
+        {
             resp.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin)?;
             resp.insert_header(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")?;
+        }
+        if !origins.is_empty() {
             resp.insert_header(header::VARY, "Origin")?;
         }
         let req = session.req_header();
@@ -362,6 +460,12 @@ impl Gateway {
                 self.refuse_socketio(session, err, kind).await?;
                 return Ok(true);
             }
+        }
+        if err.code == ErrorCode::SessionMismatch {
+            // The token is fine; the session is not this user's.
+            self.respond_json(session, 403, None, err.code.as_str(), &err.reason)
+                .await?;
+            return Ok(true);
         }
         let challenge = if err.code == ErrorCode::MissingToken {
             http::HeaderValue::from_static(CHALLENGE)
@@ -532,6 +636,7 @@ impl ProxyHttp for Gateway {
             websocket: false,
             sticky: 0,
             handshake: None,
+            identity: Vec::new(),
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -540,10 +645,9 @@ impl ProxyHttp for Gateway {
     /// normalizes the path, and for protected paths verifies the token, sets the identity
     /// headers and strips the token. Rejections are written here (`Ok(true)`).
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
-        for name in self.settings.identity_headers() {
-            session.req_header_mut().remove_header(name);
-        }
-        if let Some(problem) = Self::framing_problem(session.req_header()) {
+        self.remove_client_identity(session.req_header_mut());
+        let req = session.req_header();
+        if let Some(problem) = Self::framing_problem(req).or_else(|| self.connection_problem(req)) {
             ctx.outcome = Outcome::BadRequest;
             self.respond_json(session, 400, None, "bad_request", problem)
                 .await?;
@@ -656,6 +760,18 @@ impl ProxyHttp for Gateway {
             };
         }
         let location = found.location;
+        let sid = query.and_then(sid_of);
+        if sid.is_some_and(|sid| self.sessions.belongs_to_another(sid, &verified.user)) {
+            let err = AuthError::new(
+                ErrorCode::SessionMismatch,
+                "this Engine.IO session belongs to another user",
+            );
+            return self.reject(session, ctx, &err).await;
+        }
+        let req = session.req_header();
+        if sid.is_none() && req.method == http::Method::GET && !session.is_upgrade_req() {
+            ctx.handshake = Some(Handshake::new(verified.user.clone()));
+        }
 
         ctx.outcome = Outcome::Allowed;
         if self.settings.close_on_expiry {
@@ -671,14 +787,11 @@ impl ProxyHttp for Gateway {
             },
             None => None,
         };
+        ctx.identity.extend(assertion);
+        ctx.identity
+            .push((self.settings.user_header.clone(), verified.user));
+        ctx.identity.extend(verified.forwarded);
         let req = session.req_header_mut();
-        if let Some((name, value)) = assertion {
-            req.insert_header(name, value)?;
-        }
-        req.insert_header(self.settings.user_header.clone(), verified.user)?;
-        for (name, value) in verified.forwarded {
-            req.insert_header(name, value)?;
-        }
         let mut new_query = None;
         if self.settings.strip_token {
             match location {
@@ -723,20 +836,19 @@ impl ProxyHttp for Gateway {
     ) -> Result<Box<HttpPeer>> {
         let mut peer = match &self.upstreams {
             Upstreams::One(addr) => HttpPeer::new(*addr, false, String::new()),
-            Upstreams::Many(lb, affinity) => {
-                let req = session.req_header();
-                let sid = sid_of(req.uri.query());
+            Upstreams::Many(lb) => {
+                let sid = split_target(session.req_header().raw_path())
+                    .1
+                    .and_then(sid_of);
                 let known = sid
-                    .and_then(|sid| affinity.server_of(sid))
+                    .and_then(|sid| self.sessions.get(sid)?.server)
                     .filter(|b| lb.backends().ready(b));
                 let chosen = known.or_else(|| {
                     let b = lb.select(&ctx.sticky.to_le_bytes(), 256)?;
-                    match sid {
-                        Some(sid) => affinity.remember(sid, b.clone()),
-                        None if req.method == http::Method::GET && !session.is_upgrade_req() => {
-                            ctx.handshake = Some(Handshake::new(b.clone()));
-                        }
-                        None => {}
+                    match (sid, ctx.handshake.as_mut()) {
+                        (Some(sid), _) => self.sessions.moved(sid, b.clone()),
+                        (None, Some(handshake)) => handshake.server = Some(b.clone()),
+                        (None, None) => {}
                     }
                     Some(b)
                 });
@@ -759,6 +871,20 @@ impl ProxyHttp for Gateway {
         peer.options.connection_timeout = Some(self.settings.connect_timeout);
         peer.options.total_connection_timeout = Some(self.settings.connect_timeout);
         Ok(Box::new(peer))
+    }
+
+    /// The request as it is written upstream, after Pingora's hop-by-hop sanitizing:
+    /// the identity headers are set here, last, so that nothing can remove them.
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut pingora::http::RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        for (name, value) in &ctx.identity {
+            upstream_request.insert_header(name.clone(), value.clone())?;
+        }
+        Ok(())
     }
 
     /// A `101` from the upstream: one more open WebSocket (until `logging`).
@@ -788,8 +914,8 @@ impl ProxyHttp for Gateway {
     }
 
     /// Upstream-to-client bytes (socket.io pings arrive at least once per ping interval):
-    /// closes the connection once the token has expired. The answer to a handshake sent
-    /// to one of several servers pins the session it opens to that server, before the
+    /// closes the connection once the token has expired. The answer to a handshake
+    /// binds the session it opens to the handshake's user (and server), before the
     /// client can send a request of that session.
     fn response_body_filter(
         &self,
@@ -799,14 +925,13 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
         self.check_expiry(session, ctx)?;
-        if let (Some(handshake), Some(chunk), Upstreams::Many(_, affinity)) =
-            (ctx.handshake.as_mut(), body.as_ref(), &self.upstreams)
-        {
+        if let (Some(handshake), Some(chunk)) = (ctx.handshake.as_mut(), body.as_ref()) {
             match handshake.feed(chunk) {
                 Scan::More => {}
                 Scan::Sid(sid) => {
-                    affinity.remember(&sid, handshake.server.clone());
-                    ctx.handshake = None;
+                    if let Some(h) = ctx.handshake.take() {
+                        self.sessions.opened(&sid, h.user, h.server);
+                    }
                 }
                 Scan::None => ctx.handshake = None,
             }
@@ -914,5 +1039,31 @@ impl ProxyHttp for Gateway {
     /// Pingora's error log line names the request: with tokens redacted.
     fn request_summary(&self, session: &Session, _ctx: &Self::CTX) -> String {
         self.summary(session)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_share_a_failure_budget_per_64() {
+        let key = |s: &str| rate_key(s.parse().unwrap_or_else(|e| panic!("{s}: {e}")));
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:ffff:1:2:3"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("2001:db8:1:2:aaaa::1").to_string(), "2001:db8:1:2::");
+        assert_eq!(key("192.0.2.7").to_string(), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7").to_string(), "192.0.2.7");
+    }
+
+    #[test]
+    fn identity_spellings_fold_case_and_underscore() {
+        assert_eq!(fold_header_byte(b'_'), b'-');
+        assert_eq!(fold_header_byte(b'X'), b'x');
+        let folded: Vec<u8> = b"X_Auth-USER"
+            .iter()
+            .map(|b| fold_header_byte(*b))
+            .collect();
+        assert_eq!(folded, b"x-auth-user");
     }
 }

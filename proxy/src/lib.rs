@@ -10,7 +10,7 @@
 //! - [`keys`]: loading keys, pinning each to its algorithms, reloading `jwks_file`.
 //! - [`verify`]: signature and claim checks, mapped to the SPEC's error codes.
 //! - [`gateway`]: the `ProxyHttp` implementation tying the above together.
-//! - [`affinity`]: which of several servers each Engine.IO session lives on.
+//! - [`sessions`]: the Engine.IO sessions seen opened: their user, and their server.
 //! - [`socketio`]: refusals spoken in socket.io's protocol (`reject_with = "socketio"`).
 //! - [`assertion`]: the optional signed identity assertion and its JWK Set.
 //! - [`metrics`]: the Prometheus series, resolved once, counted in `logging`.
@@ -18,7 +18,6 @@
 //! - [`logging`]: `RUST_LOG` tracing with token redaction at the sink.
 //! - [`memory`]: returning freed memory to the system after bursts.
 
-pub mod affinity;
 pub mod assertion;
 pub mod config;
 pub mod gateway;
@@ -28,6 +27,7 @@ pub mod memory;
 pub mod metrics;
 pub mod path;
 pub mod server;
+pub mod sessions;
 pub mod socketio;
 pub mod token;
 pub mod verify;

@@ -8,29 +8,74 @@ use std::sync::{Arc, Mutex};
 
 use tracing_appender::non_blocking::WorkerGuard;
 
+use crate::token::TokenSource;
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
 const REDACTED: &str = "[redacted]";
 
-/// Removes tokens from text: JWT-shaped strings, `Bearer` credentials, and the values of
-/// the configured token query parameters and cookies.
+/// Removes secrets from text, whatever their spelling: JWT-shaped strings, `Bearer` and
+/// `Basic` credentials, the values of the token query parameters, token cookies and the
+/// Engine.IO `sid` (names compared after percent-decoding and in any letter case, as
+/// servers read them), and whole `Cookie`/`Authorization`/token-header values in every
+/// form a header dump takes (debug-quoted with escapes, on the wire with or without a
+/// space after the colon, escaped raw heads).
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
-    /// `name=` prefixes whose values are secret (query parameters and cookies).
-    names: Vec<String>,
+    /// Lower-case query parameter and cookie names whose values are secret.
+    params: Vec<Vec<u8>>,
+    /// Lower-case header names whose whole values are secret in header dumps.
+    headers: Vec<Vec<u8>>,
 }
 
 fn is_b64url(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
 }
 
+/// Longest parameter name decoded when looking for a secret one.
+const MAX_PARAM_NAME: usize = 96;
+
+/// Ends a parameter or credential value.
+fn is_value_end(b: u8) -> bool {
+    matches!(
+        b,
+        b'&' | b' ' | b'"' | b'\'' | b';' | b',' | b'\n' | b'\r' | b'\\' | b'\t'
+    )
+}
+
+/// The percent-decoded (`+` as space), lower-cased form of a parameter name.
+fn decode_name(raw: &[u8]) -> Vec<u8> {
+    let plus: Vec<u8> = raw
+        .iter()
+        .map(|b| if *b == b'+' { b' ' } else { *b })
+        .collect();
+    percent_encoding::percent_decode(&plus)
+        .map(|b| b.to_ascii_lowercase())
+        .collect()
+}
+
 impl Redactor {
-    /// A redactor for these parameter/cookie names.
-    pub fn new<I: IntoIterator<Item = String>>(names: I) -> Self {
-        Redactor {
-            names: names.into_iter().map(|n| format!("{n}=")).collect(),
+    /// A redactor for the configured token sources. The Engine.IO `sid` and the
+    /// default `token` parameter are always secret, and so are `Cookie` and
+    /// `Authorization` (which covers `Proxy-Authorization`) header values.
+    pub fn for_sources(sources: &[TokenSource]) -> Self {
+        let mut params: Vec<Vec<u8>> = vec![b"token".to_vec(), b"sid".to_vec()];
+        let mut headers: Vec<Vec<u8>> = vec![b"cookie".to_vec(), b"authorization".to_vec()];
+        for s in sources {
+            match s {
+                TokenSource::Query(n) | TokenSource::Cookie(n) => {
+                    params.push(n.to_ascii_lowercase().into_bytes());
+                }
+                TokenSource::Header(h) => headers.push(h.as_str().as_bytes().to_vec()),
+                TokenSource::Bearer => {}
+            }
         }
+        params.sort();
+        params.dedup();
+        headers.sort();
+        headers.dedup();
+        Redactor { params, headers }
     }
 
     /// The redacted text (borrowed when nothing needed hiding).
@@ -40,9 +85,9 @@ impl Redactor {
         let mut copied = 0;
         let mut i = 0;
         while i < b.len() {
-            if let Some(end) = self.secret_at(b, i) {
-                let (start, end) = end;
-                out.push_str(&text[copied..start]);
+            if let Some((start, end)) = self.secret_at(b, i) {
+                // Ranges start and end at ASCII bytes, so they are char boundaries.
+                out.push_str(text.get(copied..start).unwrap_or_default());
                 out.push_str(REDACTED);
                 copied = end;
                 i = end;
@@ -53,7 +98,7 @@ impl Redactor {
         if copied == 0 {
             return Cow::Borrowed(text);
         }
-        out.push_str(&text[copied..]);
+        out.push_str(text.get(copied..).unwrap_or_default());
         Cow::Owned(out)
     }
 
@@ -72,55 +117,97 @@ impl Redactor {
                 return Some((i, j));
             }
         }
-        let value_end = |start: usize| {
-            let mut j = start;
-            while j < b.len()
-                && !matches!(
-                    b[j],
-                    b'&' | b' ' | b'"' | b'\'' | b';' | b',' | b'\n' | b'\r' | b'\\'
-                )
+        if let Some(range) = self.header_value_at(b, i) {
+            return Some(range);
+        }
+        if i == 0 || matches!(b[i - 1], b'?' | b'&' | b';' | b' ' | b'"' | b'\t' | b',') {
+            if let Some(range) = self.param_value_at(b, i) {
+                return Some(range);
+            }
+        }
+        for scheme in [&b"bearer "[..], b"basic "] {
+            if boundary
+                && b.len() > i + scheme.len()
+                && b[i..i + scheme.len()].eq_ignore_ascii_case(scheme)
             {
-                j += 1;
-            }
-            j
-        };
-        if (i == 0 || matches!(b[i - 1], b'?' | b'&' | b';' | b' ' | b'"'))
-            && let Some(n) = self.names.iter().find(|n| b[i..].starts_with(n.as_bytes()))
-        {
-            let start = i + n.len();
-            let end = value_end(start);
-            if end > start {
-                return Some((start, end));
-            }
-        }
-        // Header dumps, debug-formatted (`"cookie": "..."`) or on the wire
-        // (`Cookie: ...\r\n`): credentials of any shape, e.g. session ids.
-        for (name, stop) in [
-            (&b"\"cookie\": \""[..], &b"\""[..]),
-            (b"\"authorization\": \"", b"\""),
-            (b"cookie: ", b"\\\r\n\""),
-            (b"authorization: ", b"\\\r\n\""),
-        ] {
-            if b.len() > i + name.len() && b[i..i + name.len()].eq_ignore_ascii_case(name) {
-                let start = i + name.len();
-                let len = b[start..]
-                    .iter()
-                    .position(|c| stop.contains(c))
-                    .unwrap_or(b.len() - start);
-                if len > 0 {
-                    return Some((start, start + len));
-                }
-            }
-        }
-        if boundary && b.len() > i + 7 && b[i..i + 7].eq_ignore_ascii_case(b"bearer ") {
-            let start = i + 7;
-            let end = value_end(start);
-            if end > start {
-                return Some((start, end));
+                return non_empty(value_after(b, i + scheme.len()));
             }
         }
         None
     }
+
+    /// `name=value` at `i` with a secret decoded name: the value's range.
+    fn param_value_at(&self, b: &[u8], i: usize) -> Option<(usize, usize)> {
+        let rest = &b[i..b.len().min(i + MAX_PARAM_NAME + 1)];
+        let eq = rest.iter().position(|c| *c == b'=' || is_value_end(*c))?;
+        if rest[eq] != b'=' || eq == 0 {
+            return None;
+        }
+        let name = decode_name(&rest[..eq]);
+        if !self.params.contains(&name) {
+            return None;
+        }
+        non_empty(value_after(b, i + eq + 1))
+    }
+
+    /// A secret header's value at `i`, in any dump form: `cookie: v`, `Cookie:v`,
+    /// `"cookie": "v"` (ends at the first unescaped quote), or an escaped raw head
+    /// (ends at `\r` or `\n`, written out or escaped).
+    fn header_value_at(&self, b: &[u8], i: usize) -> Option<(usize, usize)> {
+        let name = self
+            .headers
+            .iter()
+            .find(|h| b.len() > i + h.len() && b[i..i + h.len()].eq_ignore_ascii_case(h))?;
+        let mut j = i + name.len();
+        if b.get(j) == Some(&b'"') {
+            j += 1;
+        }
+        while matches!(b.get(j), Some(b' ' | b'\t')) {
+            j += 1;
+        }
+        if b.get(j) != Some(&b':') {
+            return None;
+        }
+        j += 1;
+        while matches!(b.get(j), Some(b' ' | b'\t')) {
+            j += 1;
+        }
+        let quoted = b.get(j) == Some(&b'"');
+        let start = j + usize::from(quoted);
+        let mut k = start;
+        while k < b.len() {
+            match b[k] {
+                b'\r' | b'\n' => break,
+                b'"' if quoted => break,
+                b'\\' => match b.get(k + 1) {
+                    Some(b'r' | b'n') => break,
+                    Some(_) => k += 2,
+                    None => k += 1,
+                },
+                _ => k += 1,
+            }
+        }
+        non_empty((start, k.min(b.len())))
+    }
+}
+
+/// The value starting at `start` (an opening `"` or `\"` is part of it): up to the
+/// first byte that ends a value.
+fn value_after(b: &[u8], start: usize) -> (usize, usize) {
+    let mut j = start;
+    if b[j..].starts_with(b"\\\"") {
+        j += 2;
+    } else if b[j..].starts_with(b"\"") {
+        j += 1;
+    }
+    while j < b.len() && !is_value_end(b[j]) {
+        j += 1;
+    }
+    (start, j)
+}
+
+fn non_empty((start, end): (usize, usize)) -> Option<(usize, usize)> {
+    (end > start).then_some((start, end))
 }
 
 /// A writer that redacts each formatted line before it reaches stderr.
@@ -192,10 +279,22 @@ pub fn exit(code: i32) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn redactor() -> Redactor {
+        let sources = [
+            "query:token",
+            "cookie:io_token",
+            "header:x-token",
+            "query:access",
+        ]
+        .map(|s| TokenSource::parse(s).unwrap_or_else(|e| panic!("{e}")));
+        Redactor::for_sources(&sources)
+    }
 
     #[test]
     fn hides_tokens_everywhere() {
-        let r = Redactor::new(["token".to_string(), "io_token".to_string()]);
+        let r = redactor();
         let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln";
         let line = format!(
             "GET /socket.io/?EIO=4&token=abc&x=1 Authorization: Bearer zzz cookie: io_token=q; {jwt}"
@@ -213,5 +312,77 @@ mod tests {
             !out.contains("s3cr3t") && !out.contains("dXNlcjpwYXNz"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn the_forms_found_in_the_field_are_hidden() {
+        let r = redactor();
+        for (text, secret) in [
+            ("GET /socket.io/?EIO=4&%74oken=S1a.b%2Ec", "S1a"),
+            (
+                "request=GET /socket.io/?EIO=4&transport=polling&sid=SIDSECRET",
+                "SIDSECRET",
+            ),
+            ("request=GET /socket.io/?%53ID=SIDSECRET", "SIDSECRET"),
+            (r#"{"cookie": "a=\"x\"; sid=SECRET1"}"#, "SECRET1"),
+            (
+                r#"buf: GET / HTTP/1.1\r\nCookie:sid=SECRET2\r\nAuthorization:Basic QWxhZGRpbjpvcGVu\r\n"#,
+                "SECRET2",
+            ),
+            (
+                r#"buf: GET / HTTP/1.1\r\nAuthorization:Basic QWxhZGRpbjpvcGVu\r\n"#,
+                "QWxhZGRpbjpvcGVu",
+            ),
+            (
+                "Proxy-Authorization: Basic QWxhZGRpbjpvcGVu",
+                "QWxhZGRpbjpvcGVu",
+            ),
+            ("x-token: SECRET3", "SECRET3"),
+            (r#"cookie: io_token="SECRET4""#, "SECRET4"),
+            ("access=SECRET5", "SECRET5"),
+        ] {
+            let out = r.redact(text);
+            assert!(!out.contains(secret), "{secret} in {out}");
+        }
+    }
+
+    /// A name spelled with random percent-escapes and letter case.
+    fn spelled(name: &'static str) -> impl Strategy<Value = String> {
+        proptest::collection::vec((any::<bool>(), any::<bool>(), any::<bool>()), name.len())
+            .prop_map(move |choices| {
+                name.bytes()
+                    .zip(choices)
+                    .map(|(c, (escape, upper, hex_upper))| {
+                        let c = if upper { c.to_ascii_uppercase() } else { c };
+                        match (escape, hex_upper) {
+                            (true, true) => format!("%{c:02X}"),
+                            (true, false) => format!("%{c:02x}"),
+                            (false, _) => char::from(c).to_string(),
+                        }
+                    })
+                    .collect()
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn no_secret_survives_any_spelling(
+            name in prop_oneof![spelled("token"), spelled("sid"), spelled("access")],
+            secret in "[A-Za-z0-9_.~-]{12,40}",
+            before in "[a-z=&]{0,10}",
+            form in 0..6usize,
+        ) {
+            let r = redactor();
+            let text = match form {
+                0 => format!("GET /socket.io/?{before}&{name}={secret}&x=1 HTTP/1.1"),
+                1 => format!("request=GET /p?{name}={secret}"),
+                2 => format!(r#"{{"cookie": "a=\"x\"; {name}={secret}"}}"#),
+                3 => format!(r#"buf: GET / HTTP/1.1\r\nCookie:{before}{secret}\r\nHost: a\r\n"#),
+                4 => format!("Authorization: Basic {secret}"),
+                _ => format!(r#"Cookie: {name}="{secret}"; other=1"#),
+            };
+            let out = r.redact(&text);
+            prop_assert!(!out.contains(&secret), "{} in {}", secret, out);
+        }
     }
 }

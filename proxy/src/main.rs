@@ -28,19 +28,19 @@ struct Cli {
     daemon: bool,
 }
 
-/// Names whose values the log redacts: the configured query parameters and cookies
-/// (read before validation, so that even validation warnings are redacted).
+/// What the log redacts, from the configured token sources (read before validation, so
+/// that even validation warnings are redacted).
 fn redactor_for(file: &std::path::Path) -> Redactor {
-    let mut names = vec!["token".to_string()];
-    if let Ok((cfg, _)) = Config::load(file) {
-        for s in &cfg.auth.token_sources {
-            match TokenSource::parse(s) {
-                Ok(TokenSource::Query(n)) | Ok(TokenSource::Cookie(n)) => names.push(n),
-                _ => {}
-            }
-        }
-    }
-    Redactor::new(names)
+    let sources: Vec<TokenSource> = Config::load(file)
+        .map(|(cfg, _)| {
+            cfg.auth
+                .token_sources
+                .iter()
+                .filter_map(|s| TokenSource::parse(s).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    Redactor::for_sources(&sources)
 }
 
 fn main() -> ExitCode {

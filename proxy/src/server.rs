@@ -15,7 +15,6 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 
-use crate::affinity::Affinity;
 use crate::config::Settings;
 use crate::gateway::{Gateway, InFlight, Upstreams};
 use crate::logging::Redactor;
@@ -251,7 +250,7 @@ pub fn run(settings: Settings, redactor: Redactor, upgrade: bool, daemon: bool) 
             let service = background_service("upstream health check", lb);
             let lb = service.task();
             server.add_service(service);
-            Upstreams::Many(lb, Arc::new(Affinity::default()))
+            Upstreams::Many(lb)
         }
     };
     let gateway = Gateway::new(

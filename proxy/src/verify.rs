@@ -43,11 +43,16 @@ pub enum ErrorCode {
     InvalidAudience,
     /// A required claim is absent.
     MissingClaim,
+    /// `exp` lies further ahead than `auth.max_lifetime` (or past the year 9999).
+    TokenLifetime,
+    /// A valid token of another user than the one whose handshake opened the
+    /// Engine.IO session it names (`403`).
+    SessionMismatch,
 }
 
 impl ErrorCode {
     /// Every code, for metrics and tests.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::MissingToken,
         ErrorCode::MalformedToken,
         ErrorCode::TokenTooLarge,
@@ -59,6 +64,8 @@ impl ErrorCode {
         ErrorCode::InvalidIssuer,
         ErrorCode::InvalidAudience,
         ErrorCode::MissingClaim,
+        ErrorCode::TokenLifetime,
+        ErrorCode::SessionMismatch,
     ];
 
     /// The wire name.
@@ -75,6 +82,8 @@ impl ErrorCode {
             ErrorCode::InvalidIssuer => "invalid_issuer",
             ErrorCode::InvalidAudience => "invalid_audience",
             ErrorCode::MissingClaim => "missing_claim",
+            ErrorCode::TokenLifetime => "token_lifetime",
+            ErrorCode::SessionMismatch => "session_mismatch",
         }
     }
 }
@@ -132,7 +141,13 @@ pub struct Rules {
     pub forward_claims: Vec<(Vec<String>, HeaderName)>,
     /// Required header `typ`, lower-cased without an `application/` prefix.
     pub required_typ: Option<String>,
+    /// Longest a token may still live (`exp - now`), seconds (`auth.max_lifetime`).
+    pub max_lifetime: Option<f64>,
 }
+
+/// The last second RFC 3339 can write (9999-12-31T23:59:59Z): an `exp` after it is a
+/// token that never expires, refused even without `auth.max_lifetime`.
+pub const LAST_EXP: f64 = 253_402_300_799.0;
 
 /// A `typ` value as RFC 7515 4.1.9 compares them: case-insensitive, `application/`
 /// optional.
@@ -156,6 +171,7 @@ impl Rules {
             user_claim: s.user_claim.clone(),
             forward_claims: s.forward_claims.clone(),
             required_typ: s.required_typ.as_deref().map(media_type),
+            max_lifetime: s.max_lifetime.map(|d| d.as_secs_f64()),
         }
     }
 }
@@ -387,6 +403,15 @@ fn check_time(
             "the token is not valid yet",
         ));
     }
+    let too_long = |exp: f64| {
+        !exp.is_finite() || exp > LAST_EXP || rules.max_lifetime.is_some_and(|m| exp - now > m)
+    };
+    if exp.is_some_and(too_long) {
+        return Err(AuthError::new(
+            ErrorCode::TokenLifetime,
+            "the token lives longer than the gateway allows",
+        ));
+    }
     Ok(())
 }
 
@@ -461,6 +486,7 @@ mod tests {
             user_claim: vec!["user".into(), "name".into()],
             forward_claims: vec![(vec!["role".into()], HeaderName::from_static("x-role"))],
             required_typ: None,
+            max_lifetime: Some(3600.0),
         }
     }
 
@@ -546,5 +572,34 @@ mod tests {
         let mut b = base;
         b["exp"] = json!(995);
         assert_eq!(check(b).err(), Some(ErrorCode::TokenExpired));
+    }
+
+    #[test]
+    fn tokens_living_too_long_are_refused() {
+        // now = 1000, max_lifetime 3600: exp 4600 is the last accepted.
+        let base = json!({"iss": "me", "aud": "you", "user": {"name": "ann"}});
+        for (exp, ok) in [
+            (json!(4600), true),
+            (json!(4601), false),
+            (json!(1e300), false),
+        ] {
+            let mut c = base.clone();
+            c["exp"] = exp.clone();
+            let got = check(c).err();
+            let want = (!ok).then_some(ErrorCode::TokenLifetime);
+            assert_eq!(got, want, "exp {exp}");
+        }
+        let unlimited = Rules {
+            max_lifetime: None,
+            ..rules()
+        };
+        let mut far = base.as_object().cloned().unwrap_or_default();
+        far.insert("exp".into(), json!(LAST_EXP));
+        assert!(check_claims(&unlimited, &far, 1000.0).is_ok());
+        far.insert("exp".into(), json!(LAST_EXP + 1.0));
+        assert_eq!(
+            check_claims(&unlimited, &far, 1000.0).err().map(|e| e.code),
+            Some(ErrorCode::TokenLifetime)
+        );
     }
 }

@@ -125,13 +125,19 @@ async fn send_and_read(mut s: TcpStream, request: &[u8]) -> Response {
     parse(&buf)
 }
 
-/// Sends bytes a server may refuse half-way (it may close before reading them all) and
-/// returns whatever came back before the connection ended; errors end the exchange.
-pub async fn exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+/// A new connection with `request` written (a write error is left to the reader).
+async fn connect_and_send(addr: SocketAddr, request: &[u8]) -> TcpStream {
     let mut s = TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     let _ = s.write_all(request).await;
+    s
+}
+
+/// Sends bytes a server may refuse half-way (it may close before reading them all) and
+/// returns whatever came back before the connection ended; errors end the exchange.
+pub async fn exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut s = connect_and_send(addr, request).await;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -140,6 +146,37 @@ pub async fn exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
+}
+
+/// Sends raw request bytes and reads one response, complete by its `Content-Length`
+/// (or by the server closing), leaving a kept-alive connection alone. Fails after
+/// [`crate::eio::STEP`].
+pub async fn one(addr: SocketAddr, request: &[u8]) -> Response {
+    let mut s = connect_and_send(addr, request).await;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = async {
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = parse(&buf[..end + 4]);
+                let want = head
+                    .header("content-length")
+                    .and_then(|v| v.parse::<usize>().ok());
+                if want.is_some_and(|n| buf.len() >= end + 4 + n) {
+                    return;
+                }
+            }
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(crate::eio::STEP, read)
+        .await
+        .unwrap_or_else(|_| panic!("no complete response within {:?}", crate::eio::STEP));
+    assert!(!buf.is_empty(), "the connection closed without an answer");
+    parse(&buf)
 }
 
 /// Sends `METHOD target` with extra headers and an optional body (`Connection: close`).

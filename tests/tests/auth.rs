@@ -43,7 +43,11 @@ async fn get_with_token(gw: &Gateway, token: &str) -> Response {
 #[tokio::test]
 async fn every_rejection_code_has_the_exact_response_and_never_reaches_upstream() {
     let up = Recorder::start().await;
-    let gw = Gateway::start(&GatewayConfig::hs256(up.addr)).await;
+    // The page's origin is listed, so refusals carry credentialed CORS for it (others
+    // get none: `identity::cors_credentials_only_for_listed_origins`).
+    let cfg = GatewayConfig::hs256(up.addr);
+    let auth = format!("{}cors_origins = [\"http://app.example\"]\n", cfg.auth);
+    let gw = Gateway::start(&cfg.auth(&auth)).await;
     let secret =
         EncodingKey::from_secret(tests::SECRET.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
     let wrong = EncodingKey::from_secret(b"another-secret-that-is-long-enough-0123456789")

@@ -1,59 +1,119 @@
-//! Engine.IO session affinity across several upstream servers (SPEC item 9).
+//! Engine.IO sessions the gateway has seen opened: which user each belongs to, and
+//! with several upstream servers, which server it lives on (README "Request handling"
+//! and "Several upstream servers").
 //!
-//! Consistent hashing of the sticky key alone would move a session's requests when a
-//! server comes back (its keys return to it) and break the sessions opened elsewhere
-//! while it was away. So the gateway remembers which server each `sid` lives on, and
-//! it learns that from the handshake itself: the server's open packet
-//! (`0{"sid":"…",…}`) passes through the gateway before the client can send any request
-//! with that `sid`, so no later health-check change can route the session's first
-//! request to a server that does not know it.
+//! Every request of a session carries its `sid`, and any valid token passes the token
+//! check, so the token alone would let one user read and write another's session. The
+//! gateway therefore binds each `sid` to the user whose handshake opened it, learning
+//! the `sid` from the server's open packet (`0{"sid":"…",…}`) as the handshake answer
+//! passes through. That answer reaches the gateway before the client can send any
+//! request with the `sid`, so the binding (and the server) is known from the session's
+//! first request on. Consistent hashing alone would also move a session's requests when
+//! a server comes back; the remembered server keeps them where the session lives.
+//!
+//! The map is bounded ([`SESSIONS`], least recently used first out). A `sid` it does
+//! not know (evicted, or opened through another gateway process) is judged on its
+//! token alone.
 
+use http::HeaderValue;
 use pingora::lb::Backend;
 
 use crate::token::query_pairs;
 
 /// How many Engine.IO sessions the map remembers; the least recently used go first, so
-/// a flood of handshakes costs a fixed amount.
+/// a flood of handshakes costs a fixed amount of memory.
 pub const SESSIONS: usize = 100_000;
 
 /// How many bytes of a handshake answer are searched for the open packet's `sid`.
 /// Engine.IO servers send the open packet first and it is about 100 bytes long.
 const OPEN_PACKET_SCAN: usize = 512;
 
-/// The server of each known Engine.IO session.
-pub struct Affinity {
-    sessions: quick_cache::sync::Cache<Box<str>, Backend>,
+/// What the gateway knows of one session.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    /// The user whose handshake opened it; `None` when the gateway only learnt the
+    /// session's server (a `sid` first seen on a later request).
+    pub user: Option<HeaderValue>,
+    /// The server it lives on, with several servers.
+    pub server: Option<Backend>,
 }
 
-impl Default for Affinity {
+/// The known Engine.IO sessions.
+pub struct Sessions {
+    map: quick_cache::sync::Cache<Box<str>, Owner>,
+}
+
+impl Default for Sessions {
     fn default() -> Self {
+        Self::with_capacity(SESSIONS)
+    }
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sessions({} known)", self.map.len())
+    }
+}
+
+impl Sessions {
+    /// A map remembering at most `capacity` sessions.
+    pub fn with_capacity(capacity: usize) -> Self {
         Self {
-            sessions: quick_cache::sync::Cache::new(SESSIONS),
+            map: quick_cache::sync::Cache::new(capacity),
         }
     }
-}
 
-impl std::fmt::Debug for Affinity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Affinity({} sessions)", self.sessions.len())
-    }
-}
-
-impl Affinity {
-    /// The server remembered for `sid`.
-    pub fn server_of(&self, sid: &str) -> Option<Backend> {
-        self.sessions.get(sid)
+    /// What is known of `sid`.
+    pub fn get(&self, sid: &str) -> Option<Owner> {
+        self.map.get(sid)
     }
 
-    /// Remembers that session `sid` lives on `server`.
-    pub fn remember(&self, sid: &str, server: Backend) {
-        self.sessions.insert(sid.into(), server);
+    /// Whether a request of `sid` by `user` must be refused: the session was opened by
+    /// another user.
+    pub fn belongs_to_another(&self, sid: &str, user: &HeaderValue) -> bool {
+        self.map
+            .get(sid)
+            .and_then(|o| o.user)
+            .is_some_and(|owner| owner != user)
+    }
+
+    /// Records a session opened by `user`'s handshake (on `server`).
+    pub fn opened(&self, sid: &str, user: HeaderValue, server: Option<Backend>) {
+        self.map.insert(
+            sid.into(),
+            Owner {
+                user: Some(user),
+                server,
+            },
+        );
+    }
+
+    /// Records that `sid` now lives on `server`, keeping its user.
+    pub fn moved(&self, sid: &str, server: Backend) {
+        let user = self.map.get(sid).and_then(|o| o.user);
+        self.map.insert(
+            sid.into(),
+            Owner {
+                user,
+                server: Some(server),
+            },
+        );
+    }
+
+    /// Sessions known now.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no session is known.
+    pub fn is_empty(&self) -> bool {
+        self.map.len() == 0
     }
 }
 
 /// The `sid` query parameter, if any (names decoded as Engine.IO's server decodes them).
-pub fn sid_of(query: Option<&str>) -> Option<&str> {
-    query_pairs(query?.as_bytes())
+pub fn sid_of(query: &[u8]) -> Option<&str> {
+    query_pairs(query)
         .find(|(_, name, value)| **name == *b"sid" && !value.is_empty())
         .and_then(|(_, _, value)| std::str::from_utf8(value).ok())
 }
@@ -62,8 +122,10 @@ pub fn sid_of(query: Option<&str>) -> Option<&str> {
 /// shows up. Nothing is copied when the packet arrives in one chunk (the usual case).
 #[derive(Debug)]
 pub struct Handshake {
-    /// The server the handshake went to.
-    pub server: Backend,
+    /// The verified user of the handshake.
+    pub user: HeaderValue,
+    /// The server the handshake went to, with several servers.
+    pub server: Option<Backend>,
     /// Bytes of earlier chunks, when the open packet was split across them.
     head: Vec<u8>,
 }
@@ -81,10 +143,11 @@ pub enum Scan {
 }
 
 impl Handshake {
-    /// Starts reading the answer of a handshake sent to `server`.
-    pub fn new(server: Backend) -> Self {
+    /// Starts reading the answer of `user`'s handshake.
+    pub fn new(user: HeaderValue) -> Self {
         Self {
-            server,
+            user,
+            server: None,
             head: Vec::new(),
         }
     }
@@ -171,6 +234,10 @@ mod tests {
         Backend::new("127.0.0.1:9").unwrap_or_else(|e| panic!("{e}"))
     }
 
+    fn handshake() -> Handshake {
+        Handshake::new(HeaderValue::from_static("alice"))
+    }
+
     #[test]
     fn the_sid_of_v4_and_v3_open_packets_is_found() {
         let v4 =
@@ -182,7 +249,7 @@ mod tests {
         let v3 = br#"96:0{"sid" : "abc-123","upgrades":[]}2:40"#;
         assert_eq!(open_packet_sid(v3), Scan::Sid("abc-123".into()));
         for cut in 0..v3.len() {
-            let mut h = Handshake::new(server());
+            let mut h = handshake();
             match h.feed(&v3[..cut]) {
                 Scan::Sid(sid) => assert_eq!(sid, "abc-123", "cut {cut}"),
                 Scan::More => assert_eq!(h.feed(&v3[cut..]), Scan::Sid("abc-123".into())),
@@ -214,7 +281,7 @@ mod tests {
     fn a_split_open_packet_is_assembled_and_a_long_one_given_up() {
         let packet = br#"0{"sid":"split-sid","upgrades":[]}"#;
         for cut in 0..packet.len() {
-            let mut h = Handshake::new(server());
+            let mut h = handshake();
             let first = h.feed(&packet[..cut]);
             if let Scan::Sid(sid) = first {
                 assert_eq!(sid, "split-sid", "cut {cut}");
@@ -229,7 +296,7 @@ mod tests {
         }
 
         // No sid within the scanned bytes: give up instead of buffering for ever.
-        let mut h = Handshake::new(server());
+        let mut h = handshake();
         assert_eq!(h.feed(b"0{\"pad\":\""), Scan::More);
         let filler = vec![b'x'; 100];
         let mut last = Scan::More;
@@ -245,20 +312,32 @@ mod tests {
 
     #[test]
     fn the_sid_query_parameter_is_read_like_engine_io_reads_it() {
-        assert_eq!(sid_of(Some("EIO=4&transport=polling&sid=abc")), Some("abc"));
-        assert_eq!(sid_of(Some("EIO=4&%73id=abc")), Some("abc"));
-        assert_eq!(sid_of(Some("EIO=4&sid=")), None);
-        assert_eq!(sid_of(None), None);
+        assert_eq!(sid_of(b"EIO=4&transport=polling&sid=abc"), Some("abc"));
+        assert_eq!(sid_of(b"EIO=4&%73id=abc"), Some("abc"));
+        assert_eq!(sid_of(b"EIO=4&sid="), None);
+        assert_eq!(sid_of(b""), None);
     }
 
     #[test]
-    fn remembered_sessions_are_found() {
-        let a = Affinity::default();
-        a.remember("s1", server());
+    fn sessions_are_bound_to_the_user_who_opened_them() {
+        let s = Sessions::default();
+        let alice = HeaderValue::from_static("alice");
+        let mallory = HeaderValue::from_static("mallory");
+        s.opened("s1", alice.clone(), None);
+        assert!(!s.belongs_to_another("s1", &alice));
+        assert!(s.belongs_to_another("s1", &mallory));
+        // Unknown: judged on the token alone.
+        assert!(!s.belongs_to_another("s2", &mallory));
+        // Moving a session keeps its user; a session first seen later has none.
+        s.moved("s1", server());
+        assert!(s.belongs_to_another("s1", &mallory));
         assert_eq!(
-            a.server_of("s1").map(|b| b.addr.to_string()),
+            s.get("s1")
+                .and_then(|o| o.server)
+                .map(|b| b.addr.to_string()),
             Some("127.0.0.1:9".into())
         );
-        assert!(a.server_of("s2").is_none());
+        s.moved("s3", server());
+        assert!(!s.belongs_to_another("s3", &mallory));
     }
 }
