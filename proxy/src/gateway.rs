@@ -641,9 +641,12 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Decides whether the request may go upstream: strips client-sent identity headers,
-    /// normalizes the path, and for protected paths verifies the token, sets the identity
-    /// headers and strips the token. Rejections are written here (`Ok(true)`).
+    /// Decides whether the request may go upstream: strips client-sent identity headers
+    /// (every spelling), refuses framing and `Connection` tricks, normalizes the path,
+    /// and for protected paths verifies the token, checks that a session's `sid` belongs
+    /// to the token's user, decides the identity headers (written in
+    /// `upstream_request_filter`) and strips the token. Rejections are written here
+    /// (`Ok(true)`).
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         self.remove_client_identity(session.req_header_mut());
         let req = session.req_header();
