@@ -1,7 +1,8 @@
 //! The Pingora proxy: one struct implementing [`ProxyHttp`], per-request state in
-//! [`RequestCtx`]. Each phase's doc comment says what it decides.
+//! [`RequestCtx`]. Each phase's doc comment says what it decides. The decision itself,
+//! [`Gateway::authenticate`], is shared with the upgrade tunnel ([`crate::tunnel`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::http::error_resp;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -17,15 +18,17 @@ use pingora::{ErrorSource, ErrorType};
 
 use std::hash::{Hash, Hasher};
 
-use pingora::lb::LoadBalancer;
 use pingora::lb::selection::Consistent;
+use pingora::lb::{Backend, LoadBalancer};
 
 use crate::config::{RejectWith, Settings, Sticky};
+pub use crate::decision::Outcome;
+use crate::decision::{Answer, Decision, Forward};
 use crate::logging::Redactor;
 use crate::metrics::Metrics;
 use crate::path::{Access, normalize};
 use crate::sessions::{Handshake, Scan, Sessions, sid_of};
-use crate::socketio::{self, EngineRequest, Refusals, WsRefusal};
+use crate::socketio::{self, EngineRequest, Refusals};
 use crate::token::{self, Location};
 use crate::verify::{AuthError, ErrorCode, Rules, Verifier};
 
@@ -44,7 +47,8 @@ impl InFlight {
         self.0.load(Ordering::Acquire)
     }
 
-    fn enter(&self) -> InFlightGuard {
+    /// Counts one more in flight until the guard is dropped.
+    pub fn enter(&self) -> InFlightGuard {
         self.0.fetch_add(1, Ordering::AcqRel);
         InFlightGuard(self.0.clone())
     }
@@ -58,27 +62,6 @@ impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// What happened to a request, for logging.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Not decided yet (the request failed before `request_filter` finished).
-    Undecided,
-    /// Outside the protected paths, or a public path: passed through.
-    Public,
-    /// Valid token: forwarded with the identity headers.
-    Allowed,
-    /// Refused with `401`.
-    Rejected(ErrorCode),
-    /// Refused with `400` (a path that cannot be normalized safely).
-    BadRequest,
-    /// Answered `503`: no `jwks_url` key set was ever fetched.
-    KeysUnavailable,
-    /// Answered `429`: too many failed authentications from this address.
-    RateLimited,
-    /// Answered by the gateway itself (the assertion JWK Set).
-    Served,
 }
 
 /// Where requests go: the one server, or several by consistent hashing (Ketama) over the
@@ -110,17 +93,13 @@ fn sticky_hash(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-/// Per-request state.
+/// Per-request state on Pingora's HTTP path.
 #[derive(Debug)]
 pub struct RequestCtx {
     /// Decision taken in `request_filter`.
     pub outcome: Outcome,
-    /// When an upgraded connection must be closed (`exp + leeway`), seconds since the epoch.
-    pub close_at: Option<f64>,
     /// Whether the upstream could not be reached.
     pub upstream_failed: bool,
-    /// Whether this request became an open WebSocket (counted in the gauge).
-    pub websocket: bool,
     /// Hash of the sticky key (`upstream.sticky`): every request of one Engine.IO
     /// session carries the same token, user and address, so it reaches the same server.
     pub sticky: u64,
@@ -207,7 +186,8 @@ fn rate_key(ip: std::net::IpAddr) -> std::net::IpAddr {
     }
 }
 
-fn now_secs() -> f64 {
+/// Seconds since the epoch.
+pub fn now_secs() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
@@ -257,42 +237,48 @@ impl Gateway {
         }
     }
 
-    /// The rate-limit key of the client: its IPv4 address, or its IPv6 /64 (one
-    /// subscriber's usual allocation, so that a client can not get 2^64 budgets by
-    /// rotating addresses); `None` for Unix sockets.
-    fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
-        session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| rate_key(a.ip()))
+    /// The settings the gateway runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The metrics it counts.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Counts one request in flight until the guard is dropped.
+    pub fn enter(&self) -> InFlightGuard {
+        self.in_flight.enter()
     }
 
     /// Whether this address failed authentication more than `auth.failure_limit` times
     /// per second recently (the estimate spans the current and the previous second).
-    fn over_failure_limit(&self, session: &Session) -> bool {
-        let (Some(rate), Some(ip)) = (&self.failures, Self::client_ip(session)) else {
+    fn over_failure_limit(&self, client: Option<IpAddr>) -> bool {
+        let (Some(rate), Some(ip)) = (&self.failures, client) else {
             return false;
         };
         let per_second = rate.0.rate_with(
-            &ip,
+            &rate_key(ip),
             pingora_limits::rate::PROPORTIONAL_RATE_ESTIMATE_CALC_FN,
         );
         per_second > f64::from(self.settings.failure_limit)
     }
 
-    /// Counts one failed authentication of this client address.
-    fn count_failure(&self, session: &Session) {
-        if let (Some(rate), Some(ip)) = (&self.failures, Self::client_ip(session)) {
-            rate.0.observe(&ip, 1);
+    /// Counts one failed authentication of this client address (IPv6: its /64).
+    fn count_failure(&self, client: Option<IpAddr>) {
+        if let (Some(rate), Some(ip)) = (&self.failures, client) {
+            rate.0.observe(&rate_key(ip), 1);
         }
     }
 
     /// Refuses message framings a server behind us could read differently (request
     /// smuggling, RFC 9112 6.1 and 6.3): more than one `Content-Length` or
-    /// `Transfer-Encoding`, and any transfer coding other than plain `chunked`. (With both
-    /// `Content-Length` and `Transfer-Encoding`, Pingora's parser has already dropped the
-    /// length, as RFC 9112 6.3 says, and closes the connection after the response.)
-    fn framing_problem(req: &pingora::http::RequestHeader) -> Option<&'static str> {
+    /// `Transfer-Encoding`, a `Content-Length` that is not one number, and any transfer
+    /// coding other than plain `chunked`. (With both `Content-Length` and
+    /// `Transfer-Encoding`, Pingora's parser has already dropped the length, as RFC 9112
+    /// 6.3 says, and closes the connection after the response.)
+    fn framing_problem(req: &RequestHeader) -> Option<&'static str> {
         let lengths = req.headers.get_all(header::CONTENT_LENGTH);
         if lengths
             .iter()
@@ -327,7 +313,7 @@ impl Gateway {
     }
 
     /// Removes every client copy of the identity headers, under every spelling.
-    fn remove_client_identity(&self, req: &mut pingora::http::RequestHeader) {
+    fn remove_client_identity(&self, req: &mut RequestHeader) {
         let copies: Vec<http::HeaderName> = req
             .headers
             .keys()
@@ -340,9 +326,9 @@ impl Gateway {
     }
 
     /// A `Connection` header naming a header the gateway sets (the identity headers) or
-    /// one that frames or routes the message: Pingora strips what `Connection` names
+    /// one that frames or routes the message: proxies strip what `Connection` names
     /// (RFC 9110 7.6.1), so honouring it would let a client delete them.
-    fn connection_problem(&self, req: &pingora::http::RequestHeader) -> Option<&'static str> {
+    fn connection_problem(&self, req: &RequestHeader) -> Option<&'static str> {
         let named = req
             .headers
             .get_all(header::CONNECTION)
@@ -363,8 +349,7 @@ impl Gateway {
     }
 
     /// A public path is exempt only for a plain asset fetch, never for Engine.IO traffic.
-    fn is_public_fetch(&self, session: &Session, path: &[u8], query: Option<&[u8]>) -> bool {
-        let req = session.req_header();
+    fn is_public_fetch(&self, req: &RequestHeader, path: &[u8], query: Option<&[u8]>) -> bool {
         if !(req.method == http::Method::GET || req.method == http::Method::HEAD)
             || req.headers.contains_key(header::UPGRADE)
             || !self.settings.paths.is_public(path)
@@ -381,332 +366,78 @@ impl Gateway {
         !engine_io
     }
 
-    /// Writes a JSON error response with CORS headers. The connection stays open for the
-    /// next request when the refused request had no body (nothing left to drain), as
-    /// HAProxy and nginx do; otherwise it is closed.
-    async fn respond_json(
+    /// Decides a request, for both ways requests arrive (Pingora's HTTP phases and the
+    /// gateway's own upgrade tunnel): strips client-sent identity headers (every
+    /// spelling), refuses framing and `Connection` tricks, normalizes the path, and for
+    /// protected paths verifies the token, checks that a session's `sid` belongs to the
+    /// token's user, decides the identity headers and strips the token. The request
+    /// head is rewritten in place; failed authentications are counted against
+    /// `client`.
+    pub fn authenticate(
         &self,
-        session: &mut Session,
-        status: u16,
-        extra: Option<(http::HeaderName, http::HeaderValue)>,
-        code: &str,
-        message: &str,
-    ) -> Result<()> {
-        let body =
-            Bytes::from(serde_json::json!({ "error": code, "message": message }).to_string());
-        self.respond(session, status, "application/json", extra, body)
-            .await
-    }
-
-    /// Writes a complete response with CORS headers (see [`Self::respond_json`] for
-    /// when the connection stays open).
-    async fn respond(
-        &self,
-        session: &mut Session,
-        status: u16,
-        content_type: &'static str,
-        extra: Option<(http::HeaderName, http::HeaderValue)>,
-        body: Bytes,
-    ) -> Result<()> {
-        let mut resp = ResponseHeader::build(status, Some(8))?;
-        resp.insert_header(header::CONTENT_TYPE, content_type)?;
-        resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
-        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-        // `extra` may replace any of the above (the JWK Set is cacheable).
-        if let Some((name, value)) = extra {
-            resp.insert_header(name, value)?;
-        }
-        // Credentialed CORS only for the listed origins (`auth.cors_origins`).
-        let origins = &self.settings.cors_origins;
-        if let Some(origin) = session
-            .req_header()
-            .headers
-            .get(header::ORIGIN)
-            .filter(|o| origins.contains(o))
-            .cloned()
-        {
-            resp.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin)?;
-            resp.insert_header(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")?;
-        }
-        if !origins.is_empty() {
-            resp.insert_header(header::VARY, "Origin")?;
-        }
-        let req = session.req_header();
-        let has_body = req.headers.contains_key(header::TRANSFER_ENCODING)
-            || req
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .is_some_and(|v| v.as_bytes() != b"0");
-        if has_body {
-            session.set_keepalive(None);
-        }
-        session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(body), true).await
-    }
-
-    /// Answers a failed authentication (SPEC item 5) without contacting the upstream.
-    async fn reject(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        err: &AuthError,
-    ) -> Result<bool> {
-        ctx.outcome = Outcome::Rejected(err.code);
-        self.count_failure(session);
-        if self.settings.reject_with == RejectWith::Socketio {
-            let req = session.req_header();
-            let query = req.uri.query().unwrap_or_default().as_bytes();
-            if let Some(kind) = socketio::classify(&req.method, &req.headers, query) {
-                self.refuse_socketio(session, err, kind).await?;
-                return Ok(true);
-            }
-        }
-        if err.code == ErrorCode::SessionMismatch {
-            // The token is fine; the session is not this user's.
-            self.respond_json(session, 403, None, err.code.as_str(), &err.reason)
-                .await?;
-            return Ok(true);
-        }
-        let challenge = if err.code == ErrorCode::MissingToken {
-            http::HeaderValue::from_static(CHALLENGE)
-        } else {
-            http::HeaderValue::try_from(format!(
-                "{CHALLENGE}, error=\"invalid_token\", error_description=\"{}\"",
-                err.reason
-            ))
-            .or_err(ErrorType::InternalError, "building WWW-Authenticate")?
-        };
-        self.respond_json(
-            session,
-            401,
-            Some((header::WWW_AUTHENTICATE, challenge)),
-            err.code.as_str(),
-            &err.reason,
-        )
-        .await?;
-        Ok(true)
-    }
-
-    /// A refusal in socket.io's terms (SPEC item 14, [`socketio`]).
-    async fn refuse_socketio(
-        &self,
-        session: &mut Session,
-        err: &AuthError,
-        kind: EngineRequest,
-    ) -> Result<()> {
-        const TEXT: &str = "text/plain; charset=UTF-8";
-        match kind {
-            EngineRequest::PollingHandshake => {
-                let open = self.refusals.open(err);
-                self.respond(session, 200, TEXT, None, Bytes::from(open))
-                    .await
-            }
-            EngineRequest::WebSocketHandshake => self.refuse_websocket(session, err).await,
-            EngineRequest::Session { sid, post: true } => match self.refusals.get(&sid) {
-                Some(refused) => {
-                    let body = read_body(session, 64 * 1024).await?;
-                    refused.take_post(&body);
-                    self.respond(session, 200, TEXT, None, Bytes::from_static(b"ok"))
-                        .await
-                }
-                // Not a session refused here: the token of an established session no
-                // longer passes. Engine.IO's answer to a POST it can not take; the
-                // client closes the transport and reconnects.
-                None => {
-                    session.set_keepalive(None);
-                    let body = Bytes::from_static(br#"{"code":1,"message":"Session ID unknown"}"#);
-                    self.respond(session, 400, "application/json", None, body)
-                        .await
-                }
-            },
-            EngineRequest::Session { sid, post: false } => {
-                let answer = match self.refusals.get(&sid) {
-                    Some(refused) => {
-                        let answer = refused.wait_answer().await;
-                        self.refusals.remove(&sid);
-                        answer
-                    }
-                    None => None,
-                };
-                let body = answer.unwrap_or_else(|| socketio::CLOSE_PACKET.to_string());
-                self.respond(session, 200, TEXT, None, Bytes::from(body))
-                    .await
-            }
-        }
-    }
-
-    /// Completes a WebSocket-only handshake itself, sends the open packet, answers the
-    /// client's `CONNECT` with `CONNECT_ERROR`, and closes.
-    async fn refuse_websocket(&self, session: &mut Session, err: &AuthError) -> Result<()> {
-        let key = session
-            .req_header()
-            .headers
-            .get(header::SEC_WEBSOCKET_KEY)
-            .map(|k| tungstenite::handshake::derive_accept_key(k.as_bytes()))
-            .unwrap_or_default();
-        let mut resp = ResponseHeader::build(101, Some(3))?;
-        resp.insert_header(header::UPGRADE, "websocket")?;
-        resp.insert_header(header::CONNECTION, "Upgrade")?;
-        resp.insert_header(header::SEC_WEBSOCKET_ACCEPT, key)?;
-        session.write_response_header(Box::new(resp), false).await?;
-        let (mut refusal, open) = WsRefusal::start(err);
-        session
-            .write_response_body(Some(Bytes::from(open)), false)
-            .await?;
-        let deadline = tokio::time::Instant::now() + socketio::REFUSED_SESSION_TTL;
-        loop {
-            let chunk = match tokio::time::timeout_at(deadline, session.read_request_body()).await {
-                Ok(Ok(Some(chunk))) => chunk,
-                _ => break,
-            };
-            let (out, done) = refusal.feed(&chunk);
-            if !out.is_empty() {
-                session
-                    .write_response_body(Some(Bytes::from(out)), false)
-                    .await?;
-            }
-            if done {
-                break;
-            }
-        }
-        session.write_response_body(None, true).await
-    }
-
-    /// Answers an address over `auth.failure_limit` without looking at its token.
-    async fn refuse_rate_limited(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> Result<bool> {
-        ctx.outcome = Outcome::RateLimited;
-        self.count_failure(session);
-        self.respond_json(
-            session,
-            429,
-            Some((
-                header::RETRY_AFTER,
-                http::HeaderValue::from_static(RETRY_AFTER),
-            )),
-            "rate_limited",
-            "too many failed authentications from this address; retry later",
-        )
-        .await?;
-        Ok(true)
-    }
-
-    /// Closes an upgraded connection whose token has expired (`close_on_expiry`).
-    fn check_expiry(&self, session: &Session, ctx: &RequestCtx) -> Result<()> {
-        match ctx.close_at {
-            Some(at) if session.was_upgraded() && now_secs() >= at => Error::e_explain(
-                ErrorType::Custom("token_expired"),
-                "the token of this WebSocket has expired",
-            ),
-            _ => Ok(()),
-        }
-    }
-
-    /// Hash of the client address (the sticky key without a token).
-    fn ip_hash(session: &Session) -> u64 {
-        match session.client_addr().and_then(|a| a.as_inet()) {
-            Some(a) => match a.ip() {
-                std::net::IpAddr::V4(ip) => sticky_hash(&ip.octets()),
-                std::net::IpAddr::V6(ip) => sticky_hash(&ip.octets()),
-            },
-            None => 0,
-        }
-    }
-
-    /// The request line with tokens redacted, for logs.
-    fn summary(&self, session: &Session) -> String {
-        let req = session.req_header();
-        let target = String::from_utf8_lossy(req.raw_path());
-        format!("{} {}", req.method, self.redactor.redact(&target))
-    }
-}
-
-#[async_trait]
-impl ProxyHttp for Gateway {
-    type CTX = RequestCtx;
-
-    fn new_ctx(&self) -> Self::CTX {
-        RequestCtx {
-            outcome: Outcome::Undecided,
-            close_at: None,
-            upstream_failed: false,
-            websocket: false,
-            sticky: 0,
-            handshake: None,
-            identity: Vec::new(),
-            _in_flight: self.in_flight.enter(),
-        }
-    }
-
-    /// Decides whether the request may go upstream: strips client-sent identity headers
-    /// (every spelling), refuses framing and `Connection` tricks, normalizes the path,
-    /// and for protected paths verifies the token, checks that a session's `sid` belongs
-    /// to the token's user, decides the identity headers (written in
-    /// `upstream_request_filter`) and strips the token. Rejections are written here
-    /// (`Ok(true)`).
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
-        self.remove_client_identity(session.req_header_mut());
-        let req = session.req_header();
+        req: &mut RequestHeader,
+        client: Option<IpAddr>,
+    ) -> Result<Decision> {
+        self.remove_client_identity(req);
         if let Some(problem) = Self::framing_problem(req).or_else(|| self.connection_problem(req)) {
-            ctx.outcome = Outcome::BadRequest;
-            self.respond_json(session, 400, None, "bad_request", problem)
-                .await?;
-            return Ok(true);
+            return Ok(bad_request(problem));
         }
-
-        let target = session.req_header().raw_path().to_vec();
+        let target = req.raw_path().to_vec();
         let (raw_path, query) = split_target(&target);
         let classified =
             normalize(raw_path).and_then(|path| Ok((self.settings.paths.access(&path)?, path)));
         let (access, path) = match classified {
             Ok(c) => c,
-            Err(e) => {
-                ctx.outcome = Outcome::BadRequest;
-                self.respond_json(session, 400, None, "bad_request", &e.to_string())
-                    .await?;
-                return Ok(true);
-            }
+            Err(e) => return Ok(bad_request(&e.to_string())),
         };
         let path_changed = *path != *raw_path;
+        let several = matches!(self.upstreams, Upstreams::Many(..));
 
         if let Some(assertion) = &self.settings.assertion {
-            let method = &session.req_header().method;
             if *path == *assertion.jwks_path().as_bytes()
-                && (method == http::Method::GET || method == http::Method::HEAD)
+                && (req.method == http::Method::GET || req.method == http::Method::HEAD)
             {
-                ctx.outcome = Outcome::Served;
-                let cache = (
-                    header::CACHE_CONTROL,
-                    http::HeaderValue::from_static("max-age=300"),
-                );
-                let body = assertion.jwks_body();
-                self.respond(session, 200, "application/jwk-set+json", Some(cache), body)
-                    .await?;
-                return Ok(true);
+                return Ok(Decision::Answer(Answer {
+                    status: 200,
+                    content_type: "application/jwk-set+json",
+                    header: Some((
+                        header::CACHE_CONTROL,
+                        http::HeaderValue::from_static("max-age=300"),
+                    )),
+                    body: assertion.jwks_body(),
+                    outcome: Outcome::Served,
+                    socketio: None,
+                }));
             }
         }
 
-        if access == Access::Open || self.is_public_fetch(session, &path, query) {
-            ctx.outcome = Outcome::Public;
-            if matches!(self.upstreams, Upstreams::Many(..)) {
-                ctx.sticky = Self::ip_hash(session);
-            }
+        if access == Access::Open || self.is_public_fetch(req, &path, query) {
             if path_changed {
-                session
-                    .req_header_mut()
-                    .set_raw_path(&join_target(&path, query))?;
+                req.set_raw_path(&join_target(&path, query))?;
             }
-            return Ok(false);
+            return Ok(Decision::Forward(Forward {
+                outcome: Outcome::Public,
+                identity: Vec::new(),
+                close_at: None,
+                sticky: if several { ip_hash(client) } else { 0 },
+                handshake: None,
+            }));
         }
 
-        if self.over_failure_limit(session) {
-            return self.refuse_rate_limited(session, ctx).await;
+        if self.over_failure_limit(client) {
+            self.count_failure(client);
+            let answer = Answer::json(
+                429,
+                "rate_limited",
+                "too many failed authentications from this address; retry later",
+                Outcome::RateLimited,
+            );
+            return Ok(Decision::Answer(answer.with_header(
+                header::RETRY_AFTER,
+                http::HeaderValue::from_static(RETRY_AFTER),
+            )));
         }
 
-        let req = session.req_header();
         let found = match token::extract(
             &self.settings.token_sources,
             &req.headers,
@@ -715,7 +446,7 @@ impl ProxyHttp for Gateway {
             Ok(Some(found)) => found,
             Ok(None) => {
                 let err = AuthError::new(ErrorCode::MissingToken, "no token was presented");
-                return self.reject(session, ctx, &err).await;
+                return self.refuse(req, client, err);
             }
             Err(e) => {
                 let err = AuthError::new(
@@ -725,20 +456,16 @@ impl ProxyHttp for Gateway {
                         token::ExtractError::NotText => "the token is not valid text",
                     },
                 );
-                return self.reject(session, ctx, &err).await;
+                return self.refuse(req, client, err);
             }
         };
         if !self.settings.keys.available() {
-            ctx.outcome = Outcome::KeysUnavailable;
-            self.respond_json(
-                session,
+            return Ok(Decision::Answer(Answer::json(
                 503,
-                None,
                 "keys_unavailable",
                 "the verification keys could not be fetched yet",
-            )
-            .await?;
-            return Ok(true);
+                Outcome::KeysUnavailable,
+            )));
         }
         let keys = self.settings.keys.current();
         let started = std::time::Instant::now();
@@ -752,16 +479,15 @@ impl ProxyHttp for Gateway {
                 if err.code == ErrorCode::UnknownKey {
                     self.settings.keys.request_refetch();
                 }
-                return self.reject(session, ctx, &err).await;
+                return self.refuse(req, client, err);
             }
         };
-        if matches!(self.upstreams, Upstreams::Many(..)) {
-            ctx.sticky = match self.settings.sticky {
-                Sticky::Token => sticky_hash(found.token.as_bytes()),
-                Sticky::User => sticky_hash(verified.user.as_bytes()),
-                Sticky::Ip => Self::ip_hash(session),
-            };
-        }
+        let sticky = match (several, self.settings.sticky) {
+            (false, _) => 0,
+            (true, Sticky::Token) => sticky_hash(found.token.as_bytes()),
+            (true, Sticky::User) => sticky_hash(verified.user.as_bytes()),
+            (true, Sticky::Ip) => ip_hash(client),
+        };
         let location = found.location;
         let sid = query.and_then(sid_of);
         if sid.is_some_and(|sid| self.sessions.belongs_to_another(sid, &verified.user)) {
@@ -769,32 +495,28 @@ impl ProxyHttp for Gateway {
                 ErrorCode::SessionMismatch,
                 "this Engine.IO session belongs to another user",
             );
-            return self.reject(session, ctx, &err).await;
+            return self.refuse(req, client, err);
         }
-        let req = session.req_header();
-        if sid.is_none() && req.method == http::Method::GET && !session.is_upgrade_req() {
-            ctx.handshake = Some(Handshake::new(verified.user.clone()));
-        }
-
-        ctx.outcome = Outcome::Allowed;
-        if self.settings.close_on_expiry {
-            ctx.close_at = verified.exp.map(|exp| exp + self.verifier.rules().leeway);
-        }
-        let assertion = match &self.settings.assertion {
-            Some(a) => match a.assertion(
-                &String::from_utf8_lossy(verified.user.as_bytes()),
-                now_secs() as u64,
-            ) {
-                Ok(v) => Some((a.header().clone(), v)),
+        let handshake = (sid.is_none()
+            && req.method == http::Method::GET
+            && !req.headers.contains_key(header::UPGRADE))
+        .then(|| Handshake::new(verified.user.clone()));
+        let close_at = self
+            .settings
+            .close_on_expiry
+            .then(|| verified.exp.map(|exp| exp + self.verifier.rules().leeway))
+            .flatten();
+        let mut identity = Vec::with_capacity(2 + verified.forwarded.len());
+        if let Some(a) = &self.settings.assertion {
+            let user = String::from_utf8_lossy(verified.user.as_bytes());
+            match a.assertion(&user, now_secs() as u64) {
+                Ok(v) => identity.push((a.header().clone(), v)),
                 Err(e) => return Error::e_explain(ErrorType::InternalError, e),
-            },
-            None => None,
-        };
-        ctx.identity.extend(assertion);
-        ctx.identity
-            .push((self.settings.user_header.clone(), verified.user));
-        ctx.identity.extend(verified.forwarded);
-        let req = session.req_header_mut();
+            }
+        }
+        identity.push((self.settings.user_header.clone(), verified.user));
+        identity.extend(verified.forwarded);
+
         let mut new_query = None;
         if self.settings.strip_token {
             match location {
@@ -827,52 +549,343 @@ impl ProxyHttp for Gateway {
             let q = new_query.as_deref().or(query);
             req.set_raw_path(&join_target(&path, q))?;
         }
-        Ok(false)
+        Ok(Decision::Forward(Forward {
+            outcome: Outcome::Allowed,
+            identity,
+            close_at,
+            sticky,
+            handshake,
+        }))
     }
 
-    /// The upstream server: the only one, or the healthy one the sticky key hashes to
-    /// (none healthy: `502`).
+    /// A failed authentication (README "What the gateway does to a request", 6 and 7):
+    /// counted against the address, answered in socket.io's terms for Engine.IO v4
+    /// requests with `reject_with = "socketio"`, else `403` for a session mismatch and
+    /// `401` with a challenge for everything else.
+    fn refuse(
+        &self,
+        req: &RequestHeader,
+        client: Option<IpAddr>,
+        err: AuthError,
+    ) -> Result<Decision> {
+        self.count_failure(client);
+        let outcome = Outcome::Rejected(err.code);
+        if self.settings.reject_with == RejectWith::Socketio {
+            let query = split_target(req.raw_path()).1.unwrap_or_default();
+            if let Some(kind) = socketio::classify(&req.method, &req.headers, query) {
+                let mut answer = Answer::json(401, err.code.as_str(), &err.reason, outcome);
+                answer.socketio = Some((kind, err));
+                return Ok(Decision::Answer(answer));
+            }
+        }
+        if err.code == ErrorCode::SessionMismatch {
+            // The token is fine; the session is not this user's.
+            return Ok(Decision::Answer(Answer::json(
+                403,
+                err.code.as_str(),
+                &err.reason,
+                outcome,
+            )));
+        }
+        let challenge = if err.code == ErrorCode::MissingToken {
+            http::HeaderValue::from_static(CHALLENGE)
+        } else {
+            http::HeaderValue::try_from(format!(
+                "{CHALLENGE}, error=\"invalid_token\", error_description=\"{}\"",
+                err.reason
+            ))
+            .or_err(ErrorType::InternalError, "building WWW-Authenticate")?
+        };
+        let answer = Answer::json(401, err.code.as_str(), &err.reason, outcome);
+        Ok(Decision::Answer(
+            answer.with_header(header::WWW_AUTHENTICATE, challenge),
+        ))
+    }
+
+    /// The response head of an answer, for both paths: `Content-Type`,
+    /// `Content-Length`, `Cache-Control: no-store` (which the answer's own header may
+    /// replace) and credentialed CORS for a listed `Origin` (`auth.cors_origins`).
+    pub fn answer_head(
+        &self,
+        answer: &Answer,
+        origin: Option<&http::HeaderValue>,
+    ) -> Result<ResponseHeader> {
+        let mut resp = ResponseHeader::build(answer.status, Some(8))?;
+        resp.insert_header(header::CONTENT_TYPE, answer.content_type)?;
+        resp.insert_header(header::CONTENT_LENGTH, answer.body.len().to_string())?;
+        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+        if let Some((name, value)) = answer.header.clone() {
+            resp.insert_header(name, value)?;
+        }
+        let origins = &self.settings.cors_origins;
+        if let Some(origin) = origin.filter(|o| origins.contains(o)) {
+            resp.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone())?;
+            resp.insert_header(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")?;
+        }
+        if !origins.is_empty() {
+            resp.insert_header(header::VARY, "Origin")?;
+        }
+        Ok(resp)
+    }
+
+    /// Writes an answer on Pingora's HTTP path. The connection stays open for the next
+    /// request when the refused request had no body (nothing left to drain), as HAProxy
+    /// and nginx do; otherwise it is closed.
+    async fn write_answer(&self, session: &mut Session, answer: Answer) -> Result<()> {
+        if let Some((kind, err)) = &answer.socketio {
+            return self.refuse_socketio(session, err, kind.clone()).await;
+        }
+        let req = session.req_header();
+        let head = self.answer_head(&answer, req.headers.get(header::ORIGIN))?;
+        let has_body = req.headers.contains_key(header::TRANSFER_ENCODING)
+            || req
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+        if has_body {
+            session.set_keepalive(None);
+        }
+        session.write_response_header(Box::new(head), false).await?;
+        session.write_response_body(Some(answer.body), true).await
+    }
+
+    /// A refusal in socket.io's terms on the HTTP path (README "Refusals the socket.io
+    /// client understands", [`socketio`]). WebSocket handshakes are refused by the
+    /// tunnel ([`crate::tunnel`]).
+    async fn refuse_socketio(
+        &self,
+        session: &mut Session,
+        err: &AuthError,
+        kind: EngineRequest,
+    ) -> Result<()> {
+        const TEXT: &str = "text/plain; charset=UTF-8";
+        let plain = |status: u16, content_type: &'static str, body: Bytes| Answer {
+            status,
+            content_type,
+            header: None,
+            body,
+            outcome: Outcome::Rejected(err.code),
+            socketio: None,
+        };
+        let answer = match kind {
+            EngineRequest::PollingHandshake => {
+                plain(200, TEXT, Bytes::from(self.refusals.open(err)))
+            }
+            EngineRequest::Session { sid, post: true } => match self.refusals.get(&sid) {
+                Some(refused) => {
+                    let body = read_body(session, 64 * 1024).await?;
+                    refused.take_post(&body);
+                    plain(200, TEXT, Bytes::from_static(b"ok"))
+                }
+                // Not a session refused here: the token of an established session no
+                // longer passes. Engine.IO's answer to a POST it can not take; the
+                // client closes the transport and reconnects.
+                None => {
+                    session.set_keepalive(None);
+                    let body = Bytes::from_static(br#"{"code":1,"message":"Session ID unknown"}"#);
+                    plain(400, "application/json", body)
+                }
+            },
+            EngineRequest::Session { sid, post: false } => {
+                let answer = match self.refusals.get(&sid) {
+                    Some(refused) => {
+                        let answer = refused.wait_answer().await;
+                        self.refusals.remove(&sid);
+                        answer
+                    }
+                    None => None,
+                };
+                let body = answer.unwrap_or_else(|| socketio::CLOSE_PACKET.to_string());
+                plain(200, TEXT, Bytes::from(body))
+            }
+            EngineRequest::WebSocketHandshake => {
+                // Upgrades never reach Pingora's phases (the tunnel takes them).
+                plain(400, TEXT, Bytes::from_static(b"upgrade expected"))
+            }
+        };
+        Box::pin(self.write_answer(session, answer)).await
+    }
+
+    /// The upstream for a request: the only one, or with several the server a known
+    /// session lives on (while healthy), else the healthy one the sticky key hashes to
+    /// (remembered for a `sid`, or for the handshake's answer); `None` when no server is
+    /// healthy.
+    pub fn pick_upstream(
+        &self,
+        raw_target: &[u8],
+        sticky: u64,
+        handshake: Option<&mut Handshake>,
+    ) -> Option<(SocketAddr, Option<Backend>)> {
+        match &self.upstreams {
+            Upstreams::One(addr) => Some((*addr, None)),
+            Upstreams::Many(lb) => {
+                let sid = split_target(raw_target).1.and_then(sid_of);
+                let known = sid
+                    .and_then(|sid| self.sessions.get(sid)?.server)
+                    .filter(|b| lb.backends().ready(b));
+                let chosen = known.or_else(|| {
+                    let b = lb.select(&sticky.to_le_bytes(), 256)?;
+                    match (sid, handshake) {
+                        (Some(sid), _) => self.sessions.moved(sid, b.clone()),
+                        (None, Some(h)) => h.server = Some(b.clone()),
+                        (None, None) => {}
+                    }
+                    Some(b)
+                })?;
+                tracing::debug!(sticky, backend = %chosen.addr, "upstream chosen");
+                let addr = *chosen.addr.as_inet()?;
+                Some((addr, Some(chosen)))
+            }
+        }
+    }
+
+    /// Remembers the session a handshake's answer opened, bound to its user.
+    pub fn session_opened(&self, sid: &str, handshake: Handshake) {
+        self.sessions.opened(sid, handshake.user, handshake.server);
+    }
+
+    /// A request line with tokens redacted, for logs.
+    pub fn summary(&self, req: &RequestHeader) -> String {
+        let target = String::from_utf8_lossy(req.raw_path());
+        format!("{} {}", req.method, self.redactor.redact(&target))
+    }
+}
+
+/// A `400` for a request the gateway will not read one way while a server reads it
+/// another.
+fn bad_request(problem: &str) -> Decision {
+    Decision::Answer(Answer::json(
+        400,
+        "bad_request",
+        problem,
+        Outcome::BadRequest,
+    ))
+}
+
+/// Hash of the client address (the sticky key without a token).
+fn ip_hash(client: Option<IpAddr>) -> u64 {
+    match client {
+        Some(IpAddr::V4(ip)) => sticky_hash(&ip.octets()),
+        Some(IpAddr::V6(ip)) => sticky_hash(&ip.octets()),
+        None => 0,
+    }
+}
+
+impl Gateway {
+    /// Counts a finished request in the metrics (both paths).
+    pub fn count(&self, outcome: Outcome, upstream_failed: bool) {
+        let m = &self.metrics;
+        match outcome {
+            Outcome::Allowed => m.allowed.inc(),
+            Outcome::Public | Outcome::Served => m.public.inc(),
+            Outcome::Rejected(code) => {
+                m.rejected.inc();
+                m.failure(code).inc();
+            }
+            Outcome::BadRequest | Outcome::KeysUnavailable => m.rejected.inc(),
+            Outcome::RateLimited => m.rate_limited.inc(),
+            Outcome::Undecided => {}
+        }
+        if upstream_failed {
+            m.upstream_errors.inc();
+        }
+    }
+
+    /// The log line of a refused request (both paths): rejections and bad requests at
+    /// `info` with the reason, the client and the redacted request line. Returns
+    /// whether it logged.
+    pub fn log_refusal(
+        &self,
+        outcome: Outcome,
+        client: &dyn std::fmt::Display,
+        request: &str,
+    ) -> bool {
+        match outcome {
+            Outcome::Rejected(code) => {
+                tracing::info!(reason = code.as_str(), client = %client, request, "rejected");
+            }
+            Outcome::BadRequest => tracing::info!(client = %client, request, "bad request"),
+            _ => return false,
+        }
+        true
+    }
+
+    /// The `502`/`504` answer for an upstream that could not be reached.
+    pub fn upstream_unavailable(timed_out: bool) -> Answer {
+        let (status, message) = if timed_out {
+            (504, "the upstream server did not answer in time")
+        } else {
+            (502, "the upstream server is not reachable")
+        };
+        Answer::json(status, "upstream_unavailable", message, Outcome::Undecided)
+    }
+}
+
+/// Pingora's HTTP phases, for every request that is not an upgrade (the tunnel,
+/// [`crate::tunnel`], carries those), around the shared [`Gateway`].
+#[derive(Debug, Clone)]
+pub struct HttpPath(pub Arc<Gateway>);
+
+#[async_trait]
+impl ProxyHttp for HttpPath {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx {
+            outcome: Outcome::Undecided,
+            upstream_failed: false,
+            sticky: 0,
+            handshake: None,
+            identity: Vec::new(),
+            _in_flight: self.0.in_flight.enter(),
+        }
+    }
+
+    /// Decides the request with [`Gateway::authenticate`] (the same decision the
+    /// upgrade tunnel makes): answers it here (`Ok(true)`), or keeps what forwarding
+    /// needs in the context.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        match self.0.authenticate(session.req_header_mut(), client)? {
+            Decision::Forward(f) => {
+                ctx.outcome = f.outcome;
+                ctx.identity = f.identity;
+                ctx.sticky = f.sticky;
+                ctx.handshake = f.handshake;
+                Ok(false)
+            }
+            Decision::Answer(answer) => {
+                ctx.outcome = answer.outcome;
+                self.0.write_answer(session, answer).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// The upstream server ([`Gateway::pick_upstream`]); none healthy: `502`.
     async fn upstream_peer(
         &self,
         session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
-        let mut peer = match &self.upstreams {
-            Upstreams::One(addr) => HttpPeer::new(*addr, false, String::new()),
-            Upstreams::Many(lb) => {
-                let sid = split_target(session.req_header().raw_path())
-                    .1
-                    .and_then(sid_of);
-                let known = sid
-                    .and_then(|sid| self.sessions.get(sid)?.server)
-                    .filter(|b| lb.backends().ready(b));
-                let chosen = known.or_else(|| {
-                    let b = lb.select(&ctx.sticky.to_le_bytes(), 256)?;
-                    match (sid, ctx.handshake.as_mut()) {
-                        (Some(sid), _) => self.sessions.moved(sid, b.clone()),
-                        (None, Some(handshake)) => handshake.server = Some(b.clone()),
-                        (None, None) => {}
-                    }
-                    Some(b)
-                });
-                match chosen {
-                    Some(backend) => {
-                        tracing::debug!(sticky = ctx.sticky, backend = %backend.addr, "upstream chosen");
-                        HttpPeer::new(backend, false, String::new())
-                    }
-                    None => {
-                        return Err(Error::create(
-                            ErrorType::ConnectNoRoute,
-                            ErrorSource::Upstream,
-                            Some("no healthy upstream server".into()),
-                            None,
-                        ));
-                    }
-                }
-            }
+        let target = session.req_header().raw_path();
+        let Some((addr, _)) = self
+            .0
+            .pick_upstream(target, ctx.sticky, ctx.handshake.as_mut())
+        else {
+            return Err(Error::create(
+                ErrorType::ConnectNoRoute,
+                ErrorSource::Upstream,
+                Some("no healthy upstream server".into()),
+                None,
+            ));
         };
-        peer.options.connection_timeout = Some(self.settings.connect_timeout);
-        peer.options.total_connection_timeout = Some(self.settings.connect_timeout);
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(self.0.settings.connect_timeout);
+        peer.options.total_connection_timeout = Some(self.0.settings.connect_timeout);
         Ok(Box::new(peer))
     }
 
@@ -881,7 +894,7 @@ impl ProxyHttp for Gateway {
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,
-        upstream_request: &mut pingora::http::RequestHeader,
+        upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         for (name, value) in &ctx.identity {
@@ -890,50 +903,21 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// A `101` from the upstream: one more open WebSocket (until `logging`).
-    async fn response_filter(
-        &self,
-        _session: &mut Session,
-        upstream_response: &mut ResponseHeader,
-        ctx: &mut Self::CTX,
-    ) -> Result<()> {
-        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS && !ctx.websocket {
-            ctx.websocket = true;
-            self.metrics.websockets_open.inc();
-        }
-        Ok(())
-    }
-
-    /// Client-to-upstream bytes (on an upgraded WebSocket: every frame the client sends):
-    /// closes the connection once the token has expired.
-    async fn request_body_filter(
-        &self,
-        session: &mut Session,
-        _body: &mut Option<Bytes>,
-        _end_of_stream: bool,
-        ctx: &mut Self::CTX,
-    ) -> Result<()> {
-        self.check_expiry(session, ctx)
-    }
-
-    /// Upstream-to-client bytes (socket.io pings arrive at least once per ping interval):
-    /// closes the connection once the token has expired. The answer to a handshake
-    /// binds the session it opens to the handshake's user (and server), before the
-    /// client can send a request of that session.
+    /// The answer to a handshake binds the session it opens to the handshake's user
+    /// (and server), before the client can send a request of that session.
     fn response_body_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
-        self.check_expiry(session, ctx)?;
         if let (Some(handshake), Some(chunk)) = (ctx.handshake.as_mut(), body.as_ref()) {
             match handshake.feed(chunk) {
                 Scan::More => {}
                 Scan::Sid(sid) => {
                     if let Some(h) = ctx.handshake.take() {
-                        self.sessions.opened(&sid, h.user, h.server);
+                        self.0.session_opened(&sid, h);
                     }
                 }
                 Scan::None => ctx.handshake = None,
@@ -942,8 +926,8 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
-    /// Upstream unreachable or timing out: `502`/`504` with a JSON body (SPEC item 8).
-    /// The expiry close of an upgraded connection writes nothing (the 101 is out).
+    /// Upstream unreachable or timing out: `502`/`504` with a JSON body (README "What
+    /// the gateway does to a request", 10).
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
@@ -952,7 +936,6 @@ impl ProxyHttp for Gateway {
     ) -> FailToProxy {
         let upstream = e.esource() == &ErrorSource::Upstream;
         let code = match e.etype() {
-            ErrorType::Custom("token_expired") => 0,
             ErrorType::HTTPStatus(code) => *code,
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
                 if upstream =>
@@ -966,16 +949,9 @@ impl ProxyHttp for Gateway {
         };
         if code == 502 || code == 504 {
             ctx.upstream_failed = true;
-            let message = if code == 504 {
-                "the upstream server did not answer in time"
-            } else {
-                "the upstream server is not reachable"
-            };
             session.set_keepalive(None);
-            if let Err(err) = self
-                .respond_json(session, code, None, "upstream_unavailable", message)
-                .await
-            {
+            let answer = Gateway::upstream_unavailable(code == 504);
+            if let Err(err) = self.0.write_answer(session, answer).await {
                 tracing::debug!("could not send the {code} response: {err}");
             }
         } else if code > 0 {
@@ -991,57 +967,28 @@ impl ProxyHttp for Gateway {
     /// Counts the request in the metrics, then one log line per request: rejections at
     /// `info` (reason, client, redacted path), everything else at `debug`.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
-        match ctx.outcome {
-            Outcome::Allowed => self.metrics.allowed.inc(),
-            Outcome::Public => self.metrics.public.inc(),
-            Outcome::Rejected(code) => {
-                self.metrics.rejected.inc();
-                self.metrics.failure(code).inc();
-            }
-            Outcome::BadRequest | Outcome::KeysUnavailable => self.metrics.rejected.inc(),
-            Outcome::RateLimited => self.metrics.rate_limited.inc(),
-            Outcome::Served => self.metrics.public.inc(),
-            Outcome::Undecided => {}
-        }
-        if ctx.upstream_failed {
-            self.metrics.upstream_errors.inc();
-        }
-        if ctx.websocket {
-            self.metrics.websockets_open.dec();
-        }
-        let client = || {
-            session
-                .client_addr()
-                .map(ToString::to_string)
-                .unwrap_or_default()
-        };
-        match ctx.outcome {
-            Outcome::Rejected(code) => tracing::info!(
-                reason = code.as_str(),
-                client = %client(),
-                request = %self.summary(session),
-                "rejected"
-            ),
-            Outcome::BadRequest => tracing::info!(
-                client = %client(),
-                request = %self.summary(session),
-                "bad request"
-            ),
-            outcome => tracing::debug!(
-                ?outcome,
-                client = %client(),
-                request = %self.summary(session),
+        self.0.count(ctx.outcome, ctx.upstream_failed);
+        let client = session
+            .client_addr()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let request = self.0.summary(session.req_header());
+        if !self.0.log_refusal(ctx.outcome, &client, &request) {
+            tracing::debug!(
+                outcome = ?ctx.outcome,
+                client,
+                request,
                 status = session.response_written().map_or(0, |r| r.status.as_u16()),
                 error = e.map(|e| e.etype().as_str()),
                 upstream_failed = ctx.upstream_failed,
                 "done"
-            ),
+            );
         }
     }
 
     /// Pingora's error log line names the request: with tokens redacted.
     fn request_summary(&self, session: &Session, _ctx: &Self::CTX) -> String {
-        self.summary(session)
+        self.0.summary(session.req_header())
     }
 }
 

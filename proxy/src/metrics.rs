@@ -25,6 +25,9 @@ pub struct Metrics {
     pub websockets_open: IntGauge,
     /// `gateway_verify_seconds`
     pub verify_seconds: Histogram,
+    /// `gateway_websocket_expiry_closes_total`: tunnels closed at `exp + leeway`
+    /// (`close_on_expiry`).
+    pub expiry_closes: IntCounter,
 }
 
 impl Metrics {
@@ -66,7 +69,12 @@ impl Metrics {
         registry.register(Box::new(failures.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(websockets_open.clone()))?;
+        let expiry_closes = IntCounter::new(
+            "gateway_websocket_expiry_closes_total",
+            "WebSockets closed by the gateway because their token expired.",
+        )?;
         registry.register(Box::new(verify_seconds.clone()))?;
+        registry.register(Box::new(expiry_closes.clone()))?;
         Ok(Metrics {
             allowed: requests.with_label_values(&["allowed"]),
             rejected: requests.with_label_values(&["rejected"]),
@@ -79,6 +87,7 @@ impl Metrics {
             upstream_errors,
             websockets_open,
             verify_seconds,
+            expiry_closes,
         })
     }
 

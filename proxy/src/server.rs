@@ -14,16 +14,19 @@ use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
+use pingora::services::listening::Service;
 
+use crate::app::App;
 use crate::config::Settings;
-use crate::gateway::{Gateway, InFlight, Upstreams};
+use crate::gateway::{Gateway, HttpPath, InFlight, Upstreams};
 use crate::logging::Redactor;
 use crate::metrics::Metrics;
 
-/// Read buffer of each client connection. Pingora's default is 64 KiB, zero-filled per
-/// connection: with thousands of mostly idle WebSockets that is most of the memory. An
-/// Engine.IO request head or frame fits in a few KiB; larger ones take more reads.
-const DOWNSTREAM_READ_BUFFER: usize = 4 * 1024;
+/// Read buffer of each client connection: none. The gateway reads request heads into
+/// its own buffer ([`crate::conn`]), Pingora's HTTP/1 reader keeps its own, and a
+/// tunnel reads into one buffer per worker thread; a buffer here would only be a
+/// second copy held by every idle WebSocket (Pingora's default is 64 KiB).
+const DOWNSTREAM_READ_BUFFER: usize = 0;
 
 /// Write buffer of each client connection (Pingora's default: one MSS).
 const DOWNSTREAM_WRITE_BUFFER: usize = 1460;
@@ -260,7 +263,9 @@ pub fn run(settings: Settings, redactor: Redactor, upgrade: bool, daemon: bool) 
         metrics,
         upstreams,
     );
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
+    let gateway = Arc::new(gateway);
+    let http = pingora::proxy::http_proxy(&server.configuration, HttpPath(gateway.clone()));
+    let mut proxy = Service::new("gateway".to_string(), App::new(gateway, http));
     proxy.add_listener(ListenerConfig::tcp(settings.listen.to_string()).l4_buffer(
         L4BufferSettings::new(DOWNSTREAM_READ_BUFFER, DOWNSTREAM_WRITE_BUFFER),
     ));

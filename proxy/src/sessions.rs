@@ -1,6 +1,6 @@
 //! Engine.IO sessions the gateway has seen opened: which user each belongs to, and
-//! with several upstream servers, which server it lives on (README "Request handling"
-//! and "Several upstream servers").
+//! with several upstream servers, which server it lives on (README "What the gateway
+//! does to a request", 7 and 11).
 //!
 //! Every request of a session carries its `sid`, and any valid token passes the token
 //! check, so the token alone would let one user read and write another's session. The

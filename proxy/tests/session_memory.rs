@@ -1,6 +1,7 @@
-//! The memory bound of the Engine.IO session map (README "Request handling"): what the
-//! map holds at its full 100,000 sessions, counted by a global allocator that tracks
-//! live heap bytes, so the figure is exact and the same on every run.
+//! The memory bound of the Engine.IO session map (README "What the gateway does to a
+//! request", 7): what the map holds at its full 100,000 sessions, counted by a global
+//! allocator that tracks live heap bytes, so the figure is exact and the same on every
+//! run.
 
 // A `GlobalAlloc` has to be `unsafe`; this one only forwards to the system allocator.
 #![allow(unsafe_code)]

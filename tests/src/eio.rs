@@ -192,17 +192,7 @@ pub fn event(packet: &str, name: &str) -> Option<Value> {
 pub struct Ws {
     stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// Why the last [`Ws::recv`] saw the connection end (close frame, EOF or error).
-    ended: Option<String>,
-    /// How [`Ws::connect`] opened this session, to open it again once (see there).
-    redial: Option<Redial>,
-}
-
-/// The arguments of a [`Ws::connect`].
-#[derive(Debug)]
-struct Redial {
-    addr: SocketAddr,
-    query: String,
-    headers: Vec<(String, String)>,
+    pub ended: Option<String>,
 }
 
 /// What ended a [`Ws::recv`].
@@ -215,44 +205,14 @@ pub enum Recv {
 }
 
 impl Ws {
-    /// Opens `/socket.io/?EIO=4&transport=websocket&<query>`.
-    ///
-    /// Pingora 0.9.1 may tear a tunnel down right after its 101 when the upstream answers
-    /// first (cloudflare/pingora#946, README "Performance"): the upstream's first frames
-    /// still arrive, the client's first frame meets a reset. A socket.io client then
-    /// reconnects. [`Ws::open_and_join`] does the same, once, and only when the connection
-    /// ends before the session's `CONNECT` is answered, so a gateway whose WebSockets do
-    /// not work still fails every test.
+    /// Opens `/socket.io/?EIO=4&transport=websocket&<query>`. A connection that ends
+    /// after its `101` is a failure: the harness never reconnects.
     pub async fn connect(
         addr: SocketAddr,
         query: &str,
         headers: &[(&str, &str)],
     ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
-        let mut ws = Self::open(addr, query, headers).await?;
-        ws.redial = Some(Redial {
-            addr,
-            query: query.to_owned(),
-            headers: headers
-                .iter()
-                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-                .collect(),
-        });
-        Ok(ws)
-    }
-
-    async fn open(
-        addr: SocketAddr,
-        query: &str,
-        headers: &[(&str, &str)],
-    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
         Self::over(TcpStream::connect(addr).await?, addr, query, headers).await
-    }
-
-    fn torn_down(&self) {
-        eprintln!(
-            "ws: the tunnel ended right after the 101 ({}), cloudflare/pingora#946; reconnecting once",
-            self.ended.as_deref().unwrap_or("?")
-        );
     }
 
     /// Opens a WebSocket session over an already connected TCP stream (the soak tool
@@ -279,7 +239,6 @@ impl Ws {
         Ok(Ws {
             stream,
             ended: None,
-            redial: None,
         })
     }
 
@@ -352,31 +311,16 @@ impl Ws {
     }
 
     /// WebSocket-only session: reads the open packet, joins `/`, returns `welcome`
-    /// (reconnecting once, see [`Ws::connect`]).
+    /// (panics when the connection ends first).
     pub async fn open_and_join(&mut self) -> Value {
-        if let Some(welcome) = self.try_open_and_join().await {
-            return welcome;
-        }
-        let Some(r) = self.redial.take() else {
-            self.closed()
-        };
-        self.torn_down();
-        let headers: Vec<(&str, &str)> = r
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        *self = Self::open(r.addr, &r.query, &headers)
-            .await
-            .unwrap_or_else(|e| panic!("reconnect refused: {e}"));
         match self.try_open_and_join().await {
             Some(welcome) => welcome,
             None => self.closed(),
         }
     }
 
-    /// [`Ws::open_and_join`] without the reconnect: `None` when the connection ended.
-    async fn try_open_and_join(&mut self) -> Option<Value> {
+    /// [`Ws::open_and_join`], `None` when the connection ended first.
+    pub async fn try_open_and_join(&mut self) -> Option<Value> {
         let open = self.expect_or_closed().await?;
         assert!(open.starts_with("0{"), "not an open packet: {open}");
         if !self.try_send("40").await {
@@ -408,23 +352,18 @@ impl Ws {
     pub async fn upgrade(addr: SocketAddr, polling: &Polling) -> Ws {
         let query = format!("sid={}{}", polling.sid, amp(&polling.query));
         let headers = polling.header_refs();
-        // One retry when the tunnel ends before the probe's answer (see [`Ws::connect`]).
-        for attempt in 0..2 {
-            let mut ws = Ws::open(addr, &query, &headers)
-                .await
-                .unwrap_or_else(|e| panic!("upgrade refused: {e}"));
-            ws.send("2probe").await;
-            match tokio::time::timeout(STEP, ws.recv()).await {
-                Ok(Recv::Text(t)) => {
-                    assert_eq!(t, "3probe");
-                    ws.send("5").await;
-                    return ws;
-                }
-                Ok(Recv::Closed) if attempt == 0 => ws.torn_down(),
-                other => panic!("no 3probe: {other:?} ({:?})", ws.ended),
+        let mut ws = Ws::connect(addr, &query, &headers)
+            .await
+            .unwrap_or_else(|e| panic!("upgrade refused: {e}"));
+        ws.send("2probe").await;
+        match tokio::time::timeout(STEP, ws.recv()).await {
+            Ok(Recv::Text(t)) => {
+                assert_eq!(t, "3probe");
+                ws.send("5").await;
+                ws
             }
+            other => panic!("no 3probe: {other:?} ({:?})", ws.ended),
         }
-        unreachable!("the second attempt returns or panics")
     }
 }
 

@@ -4,12 +4,14 @@
 //! when its handle is dropped, even when a test fails.
 //!
 //! Module map:
+//! - [`bench`]: the systems under test of the benchmark tools.
 //! - [`procs`]: locating the binaries, spawning them, capturing their logs.
 //! - [`http1`]: a byte-exact HTTP/1.1 client (paths are sent exactly as written).
 //! - [`recorder`]: an upstream that records what reached it.
 //! - [`tokens`]: minting test tokens with the fixture keys.
 //! - [`eio`]: Engine.IO v4 / socket.io v5 over polling and WebSocket.
 
+pub mod bench;
 pub mod eio;
 pub mod http1;
 pub mod procs;

@@ -67,7 +67,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let listener = match TcpListener::bind(&listen).await {
+    let listener = match listen_on(&listen).await {
         Ok(l) => l,
         Err(e) => {
             eprintln!("demo.listen: cannot listen on {listen}: {e}");
@@ -97,4 +97,24 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Listens with a backlog of 4096 (tokio's `bind` uses 1024): a burst of thousands of
+/// socket.io clients reconnecting at once must not see SYNs dropped, which costs each
+/// of them a one-second retransmit.
+async fn listen_on(listen: &str) -> std::io::Result<TcpListener> {
+    let mut last = std::io::Error::other(format!("{listen} resolves to no address"));
+    for addr in tokio::net::lookup_host(listen).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(4096)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }

@@ -9,130 +9,15 @@
 //! Run it with `bench/run` (builds first, checks the tools).
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use tests::SECRET;
-use tests::procs::{GatewayConfig, Proc, bin, fixture, free_addr, wait_listening};
+use tests::bench::{LOAD_CPU, SUT_CPU, System, gateway, haproxy, nginx, pinned, write};
+use tests::procs::{Proc, bin, fixture, free_addr, wait_listening};
 use tests::tokens::{claims, hs256, private_key, sign};
-
-const SUT_CPU: &str = "0";
-const LOAD_CPU: &str = "1";
-
-fn pinned(cpu: &str, program: &str) -> Command {
-    let mut c = Command::new("taskset");
-    c.arg("-c").arg(cpu).arg(program);
-    c
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
-    p.display().to_string()
-}
-
-/// A system under test.
-struct System {
-    name: String,
-    addr: SocketAddr,
-    _proc: Proc,
-}
-
-async fn nginx(dir: &Path, name: &str, body: &str, cpu: &str) -> (SocketAddr, Proc) {
-    let addr = free_addr();
-    let d = dir.join(name);
-    std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{e}"));
-    let conf = format!(
-        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nworker_rlimit_nofile 20000;\n\
-         events {{ worker_connections 10000; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d}/cb;\n  proxy_temp_path {d}/pt;\n  fastcgi_temp_path {d}/ft;\n  uwsgi_temp_path {d}/ut;\n  scgi_temp_path {d}/st;\n\
-         {body}\n}}\n",
-        d = d.display()
-    )
-    .replace("LISTEN", &addr.to_string());
-    let file = write(&d, "nginx.conf", &conf);
-    let mut cmd = pinned(cpu, "nginx");
-    cmd.arg("-c").arg(&file).arg("-p").arg(&d);
-    let p = Proc::spawn(name, cmd);
-    wait_listening(addr, &p).await;
-    (addr, p)
-}
-
-fn haproxy_conf(listen: SocketAddr, upstream: SocketAddr, alg: &str, key: &str) -> String {
-    format!(
-        r#"global
-    nbthread 1
-    maxconn 9000
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    option http-keep-alive
-frontend fe
-    bind {listen}
-    http-request del-header x-auth-user
-    http-request set-var(txn.token) url_param(token)
-    http-request deny deny_status 401 unless {{ var(txn.token) -m found }}
-    http-request set-var(txn.alg) var(txn.token),jwt_header_query('$.alg')
-    http-request deny deny_status 401 unless {{ var(txn.alg) -m str {alg} }}
-    http-request deny deny_status 401 unless {{ var(txn.token),jwt_verify(txn.alg,"{key}") -m int 1 }}
-    http-request set-var(txn.exp) var(txn.token),jwt_payload_query('$.exp','int')
-    http-request set-var(txn.now) date()
-    http-request deny deny_status 401 unless {{ var(txn.exp),sub(txn.now) -m int gt 0 }}
-    http-request deny deny_status 401 unless {{ var(txn.token),jwt_payload_query('$.iss') -m str upstream-demo }}
-    http-request deny deny_status 401 unless {{ var(txn.token),jwt_payload_query('$.aud') -m str socket.io }}
-    http-request set-header x-auth-user %[var(txn.token),jwt_payload_query('$.sub')]
-    default_backend be
-backend be
-    http-reuse always
-    server s1 {upstream}
-"#
-    )
-}
-
-async fn haproxy(dir: &Path, name: &str, upstream: SocketAddr, alg: &str, key: &str) -> System {
-    let addr = free_addr();
-    let file = write(
-        dir,
-        &format!("{name}.cfg"),
-        &haproxy_conf(addr, upstream, alg, key),
-    );
-    let mut cmd = pinned(SUT_CPU, "haproxy");
-    cmd.arg("-db").arg("-f").arg(&file);
-    let p = Proc::spawn(name, cmd);
-    wait_listening(addr, &p).await;
-    System {
-        name: name.into(),
-        addr,
-        _proc: p,
-    }
-}
-
-async fn gateway(dir: &Path, name: &str, upstream: SocketAddr, auth: &str) -> System {
-    let addr = free_addr();
-    let mut cfg = GatewayConfig::hs256(upstream).auth(auth);
-    // HAProxy has no failure limit: measure the rejection path itself, not 429s.
-    cfg.failure_limit = 0;
-    let text = cfg.render(addr).replace("threads = 2", "threads = 1");
-    let file = write(dir, &format!("{name}.toml"), &text);
-    let mut cmd = pinned(SUT_CPU, &bin("proxy").display().to_string());
-    cmd.arg("--config")
-        .arg(&file)
-        .env("JWT_SECRET", SECRET)
-        .env("RUST_LOG", "warn");
-    let p = Proc::spawn(name, cmd);
-    wait_listening(addr, &p).await;
-    System {
-        name: name.into(),
-        addr,
-        _proc: p,
-    }
-}
 
 /// One `oha` run: (requests/s, p99 ms, status code counts).
 fn oha(url: &str, conns: u32, duration: &str) -> (f64, f64, Value) {
@@ -252,7 +137,7 @@ async fn main() {
     let ngx = System {
         name: "nginx (no auth)".into(),
         addr: ngx_addr,
-        _proc: ngx_proc,
+        proc_: ngx_proc,
     };
 
     let gw_demo = gateway(dir, "gateway", demo_addr, hs_auth).await;
@@ -267,7 +152,7 @@ async fn main() {
     let ngx_demo = System {
         name: "nginx (no auth)".into(),
         addr: nd_addr,
-        _proc: nd_proc,
+        proc_: nd_proc,
     };
 
     let rs_auth = format!(

@@ -4,10 +4,11 @@
 //! gateway's memory per connection (VmRSS from /proc/PID/status).
 //!
 //! `target/release/soak [N ...]` (default: 1000 and the most the descriptor limit
-//! allows). Environment: `SOAK_HOLD` seconds to hold (default 10); `SOAK_DIRECT=1`
-//! connects the same clients straight to upstream-demo instead (for comparison);
-//! `SOAK_LOG` is the gateway's `RUST_LOG` (default `warn`), `SOAK_LOG_FILE` a file to
-//! write its log to.
+//! allows). Environment: `SOAK_HOLD` seconds to hold (default 10); `SOAK_IN_FLIGHT`
+//! connects in flight at once (default 64; 2000 makes each size a burst);
+//! `SOAK_DIRECT=1` connects the same clients straight to upstream-demo instead (for
+//! comparison); `SOAK_LOG` is the gateway's `RUST_LOG` (default `warn`),
+//! `SOAK_LOG_FILE` a file to write its log to.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -43,6 +44,8 @@ struct Outcome {
     lost: usize,
     rss_base: u64,
     rss_loaded: u64,
+    rss_after: u64,
+    failures: Vec<String>,
 }
 
 async fn open(addr: SocketAddr, i: usize, token: &str, direct: bool) -> Result<Ws, String> {
@@ -83,7 +86,11 @@ async fn run(n: usize, hold: Duration) -> Outcome {
     let mut c = claims("soak");
     c["exp"] = json!(tests::tokens::now() + 3600);
     let token = Arc::new(hs256(&c));
-    let gate = Arc::new(Semaphore::new(64));
+    let in_flight = std::env::var("SOAK_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let gate = Arc::new(Semaphore::new(in_flight));
     let welcomed = Arc::new(AtomicUsize::new(0));
     let closed = Arc::new(AtomicUsize::new(0));
     let all_open = Arc::new(Notify::new());
@@ -113,9 +120,12 @@ async fn run(n: usize, hold: Duration) -> Outcome {
                 Ok(Err(e)) => return Err(e),
                 Err(_) => return Err("connect timed out".into()),
             };
-            let welcome = tokio::time::timeout(Duration::from_secs(30), ws.open_and_join()).await;
-            if welcome.ok() != Some(json!({ "user": "soak" })) {
-                return Err("no welcome".into());
+            let welcome = tokio::time::timeout(Duration::from_secs(30), ws.try_open_and_join()).await;
+            match welcome {
+                Ok(Some(w)) if w == json!({ "user": "soak" }) => {}
+                Ok(Some(w)) => return Err(format!("wrong welcome {w}")),
+                Ok(None) => return Err(format!("closed before welcome: {:?}", ws.ended)),
+                Err(_) => return Err("no welcome within 30 s".into()),
             }
             connects.lock().await.push(t0.elapsed());
             drop(permit);
@@ -157,14 +167,23 @@ async fn run(n: usize, hold: Duration) -> Outcome {
     all_open.notify_waiters();
     tokio::time::sleep(Duration::from_secs(3)).await;
     released.notify_waiters();
-    let mut errors = 0;
+    let mut failures = Vec::new();
     while let Some(r) = tasks.next().await {
-        if !matches!(r, Ok(Ok(()))) {
-            errors += 1;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failures.push(e),
+            Err(e) => failures.push(e.to_string()),
         }
     }
-    if errors > 0 {
-        eprintln!("soak: {errors} connections failed; last log lines:");
+    // Memory once every connection is closed (freed memory is trimmed every 5 s).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let rss_after = rss_kib(pid);
+    if !failures.is_empty() {
+        eprintln!(
+            "soak: {} connections failed, e.g. {:?}; last log lines:",
+            failures.len(),
+            &failures[..failures.len().min(3)]
+        );
         for (name, logs) in [("gateway", gw.logs()), ("upstream-demo", demo.proc_.logs())] {
             let lines: Vec<&str> = logs.lines().collect();
             for l in &lines[lines.len().saturating_sub(8)..] {
@@ -191,6 +210,8 @@ async fn run(n: usize, hold: Duration) -> Outcome {
         lost: closed.load(Ordering::SeqCst),
         rss_base,
         rss_loaded,
+        rss_after,
+        failures,
     }
 }
 
@@ -222,22 +243,24 @@ async fn main() {
     );
     println!("descriptor limit {hard}; hold {hold:?}; echo sample {ECHO_SAMPLE}\n");
     println!(
-        "| connections | welcomed | connect p50 ms | connect p99 ms | echo p99 ms | lost while held | gateway RSS idle -> loaded (MiB) | KiB per connection |"
+        "| connections | welcomed | failed | connect p50 ms | connect p99 ms | echo p99 ms | lost while held | gateway RSS idle -> loaded -> after close (MiB) | KiB per connection |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for n in sizes {
         let o = run(n, hold).await;
         let per = (o.rss_loaded.saturating_sub(o.rss_base)) as f64 / o.n as f64;
         println!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {} | {:.1} -> {:.1} | {:.2} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {:.1} -> {:.1} -> {:.1} | {:.2} |",
             o.n,
             o.welcomed,
+            o.failures.len(),
             pct(&o.connect, 0.5).as_secs_f64() * 1000.0,
             pct(&o.connect, 0.99).as_secs_f64() * 1000.0,
             pct(&o.echo, 0.99).as_secs_f64() * 1000.0,
             o.lost,
             o.rss_base as f64 / 1024.0,
             o.rss_loaded as f64 / 1024.0,
+            o.rss_after as f64 / 1024.0,
             per
         );
     }

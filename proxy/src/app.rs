@@ -1,0 +1,86 @@
+//! Each accepted connection (README "WebSockets"): the gateway reads every request
+//! head itself ([`tunnel::read_head`], bounded in size and time), hands an upgrade to
+//! its own tunnel ([`tunnel::carry`]), and gives every other request, head replayed,
+//! to Pingora's HTTP path unchanged. Keep-alive connections come back here after each
+//! request, so an upgrade after earlier requests on the same connection is carried by
+//! the tunnel too.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::Stream;
+use pingora::protocols::http::ServerSession;
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+
+use crate::conn::Conn;
+use crate::gateway::{Gateway, HttpPath};
+use crate::tunnel;
+
+/// The gateway's server application.
+pub struct App {
+    gateway: Arc<Gateway>,
+    http: Arc<HttpProxy<HttpPath>>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("App")
+    }
+}
+
+impl App {
+    /// The application around a gateway and its Pingora HTTP proxy.
+    pub fn new(gateway: Arc<Gateway>, http: HttpProxy<HttpPath>) -> Self {
+        App {
+            gateway,
+            http: Arc::new(http),
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApp for App {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let mut conn = Box::new(Conn::new(stream));
+        let mut persistent: Option<HttpPersistentSettings> = None;
+        loop {
+            let head = match tunnel::read_head(&mut conn).await {
+                Ok(head) => head,
+                Err(tunnel::NoHead::Unparsable) => tunnel::Head {
+                    len: 0,
+                    upgrade: false,
+                },
+                Err(why) => {
+                    tunnel::refuse_head(&mut conn, why).await;
+                    return None;
+                }
+            };
+            if head.upgrade {
+                // Boxed: a connection waiting for its next head does not carry the
+                // tunnel's state inline.
+                Box::pin(tunnel::carry(&self.gateway, conn, head)).await;
+                return None;
+            }
+            let mut session = ServerSession::new_http1(conn);
+            match persistent.take() {
+                Some(p) => p.apply_to_session(&mut session),
+                None => session.set_keepalive((!*shutdown.borrow()).then_some(60)),
+            }
+            let reused = self.http.process_new_http(session, shutdown).await?;
+            let (stream, settings) = reused.consume();
+            persistent = settings;
+            // The stream comes back as it was handed over: our connection.
+            conn = stream.into_any().downcast::<Conn>().ok()?;
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.http.http_cleanup().await;
+    }
+}
