@@ -968,6 +968,15 @@ impl ProxyHttp for HttpPath {
     /// `info` (reason, client, redacted path), everything else at `debug`.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         self.0.count(ctx.outcome, ctx.upstream_failed);
+        // The line is built only when its level is on: redacting and formatting cost
+        // more than the rest of a refusal.
+        let on = match ctx.outcome {
+            Outcome::Rejected(_) | Outcome::BadRequest => tracing::enabled!(tracing::Level::INFO),
+            _ => tracing::enabled!(tracing::Level::DEBUG),
+        };
+        if !on {
+            return;
+        }
         let client = session
             .client_addr()
             .map(ToString::to_string)

@@ -129,7 +129,9 @@ pub async fn read_head(conn: &mut Conn) -> Result<Head, NoHead> {
             let wait = if ahead.is_empty() { IDLE } else { HEAD_TIMEOUT };
             tokio::time::Instant::now() + wait
         });
-        match tokio::time::timeout_at(limit, conn.read_ahead()).await {
+        // Pingora's coarse shared timers: no timer-wheel entry per read.
+        let left = limit.saturating_duration_since(tokio::time::Instant::now());
+        match pingora::prelude::fast_timeout::fast_timeout(left, conn.read_ahead()).await {
             Ok(Ok(0)) | Ok(Err(_)) => return Err(NoHead::Closed),
             Ok(Ok(_)) => {
                 if scanned == 0 {
@@ -148,18 +150,15 @@ fn never_in_head(b: u8) -> bool {
     (b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n')) || b == 0x7f
 }
 
-/// Whether a complete head asks for an upgrade; heads that are not HTTP/1.x requests
-/// are left to Pingora's parser to answer.
+/// Whether a complete head asks for an upgrade: a header line named `Upgrade` (any
+/// case). A scan of the line starts, without parsing: every other request goes to
+/// Pingora, whose parser reads the head anyway and answers what is malformed.
 fn asks_upgrade(head: &[u8]) -> Result<bool, NoHead> {
-    let mut headers = [httparse::EMPTY_HEADER; 256];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(head) {
-        Ok(httparse::Status::Complete(_)) => Ok(req
-            .headers
-            .iter()
-            .any(|h| h.name.eq_ignore_ascii_case("upgrade"))),
-        _ => Err(NoHead::Unparsable),
-    }
+    const NAME: &[u8] = b"upgrade:";
+    Ok(head
+        .split(|b| *b == b'\n')
+        .skip(1)
+        .any(|line| line.len() > NAME.len() && line[..NAME.len()].eq_ignore_ascii_case(NAME)))
 }
 
 /// The parsed head of an upgrade request.
