@@ -1,9 +1,9 @@
 //! Each accepted connection (README "WebSockets"): the gateway reads every request
-//! head itself ([`tunnel::read_head`], bounded in size and time), hands an upgrade to
-//! its own tunnel ([`tunnel::carry`]), and gives every other request, head replayed,
-//! to Pingora's HTTP path unchanged. Keep-alive connections come back here after each
-//! request, so an upgrade after earlier requests on the same connection is carried by
-//! the tunnel too.
+//! head itself ([`tunnel::read_head`], bounded in size and time), hands a WebSocket
+//! upgrade to its own tunnel ([`tunnel::carry`]), and gives every other request, head
+//! replayed, to Pingora's HTTP path unchanged. Keep-alive connections come back here
+//! after each request, so an upgrade after earlier requests on the same connection is
+//! carried by the tunnel too.
 
 use std::sync::Arc;
 

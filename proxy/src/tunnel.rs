@@ -63,7 +63,7 @@ thread_local! {
 pub struct Head {
     /// Length of the head in the connection's read-ahead bytes.
     pub len: usize,
-    /// Whether it asks for an upgrade (has an `Upgrade` header): carried here.
+    /// Whether it asks for a WebSocket upgrade: carried here.
     pub upgrade: bool,
 }
 
@@ -111,7 +111,7 @@ pub async fn read_head(conn: &mut Conn) -> Result<Head, NoHead> {
                 }
                 return Ok(Head {
                     len,
-                    upgrade: asks_upgrade(&ahead[..len])?,
+                    upgrade: asks_upgrade(&ahead[..len]),
                 });
             }
             if ahead.len() > MAX_HEAD {
@@ -150,15 +150,20 @@ fn never_in_head(b: u8) -> bool {
     (b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n')) || b == 0x7f
 }
 
-/// Whether a complete head asks for an upgrade: a header line named `Upgrade` (any
-/// case). A scan of the line starts, without parsing: every other request goes to
-/// Pingora, whose parser reads the head anyway and answers what is malformed.
-fn asks_upgrade(head: &[u8]) -> Result<bool, NoHead> {
+/// Whether a complete head asks for a WebSocket upgrade: an `Upgrade` header line (any
+/// case) naming `websocket`. A scan of the line starts, without parsing: every other
+/// request goes to Pingora, whose parser reads the head anyway and answers what is
+/// malformed, and whose upstream policy drops other upgrades (`h2c`).
+fn asks_upgrade(head: &[u8]) -> bool {
     const NAME: &[u8] = b"upgrade:";
-    Ok(head
-        .split(|b| *b == b'\n')
-        .skip(1)
-        .any(|line| line.len() > NAME.len() && line[..NAME.len()].eq_ignore_ascii_case(NAME)))
+    const WEBSOCKET: &[u8] = b"websocket";
+    head.split(|b| *b == b'\n').skip(1).any(|line| {
+        line.len() > NAME.len()
+            && line[..NAME.len()].eq_ignore_ascii_case(NAME)
+            && line[NAME.len()..]
+                .windows(WEBSOCKET.len())
+                .any(|w| w.eq_ignore_ascii_case(WEBSOCKET))
+    })
 }
 
 /// The parsed head of an upgrade request.
@@ -864,11 +869,12 @@ mod tests {
             }
         }
         assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\n", 0), Some(24));
-        assert_eq!(asks_upgrade(&head[..end]), Ok(true));
-        assert_eq!(
-            asks_upgrade(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
-            Ok(false)
-        );
+        assert!(asks_upgrade(&head[..end]));
+        assert!(!asks_upgrade(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        let h2c = b"GET / HTTP/1.1\r\nUpgrade: h2c\r\nUpgrade-Insecure-Requests: 1\r\n\r\n";
+        assert!(!asks_upgrade(h2c));
+        let upper = b"GET / HTTP/1.1\r\nUPGRADE:WebSocket\r\n\r\n";
+        assert!(asks_upgrade(upper));
     }
 
     #[test]
