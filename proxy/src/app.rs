@@ -57,7 +57,7 @@ impl ServerApp for App {
                     upgrade: false,
                 },
                 Err(why) => {
-                    tunnel::refuse_head(&mut conn, why).await;
+                    tunnel::refuse_head(&self.gateway, &mut conn, why).await;
                     return None;
                 }
             };

@@ -206,17 +206,12 @@ fn serialize(head: &ResponseHeader, body: &[u8]) -> Vec<u8> {
 }
 
 /// Answers a head that could not be read, where there is anything to say.
-pub async fn refuse_head(conn: &mut Conn, why: NoHead) {
+pub async fn refuse_head(gw: &Gateway, conn: &mut Conn, why: NoHead) {
     if why == NoHead::TooLarge {
-        let body = br#"{"error":"bad_request","message":"the request head is too large"}"#;
-        let mut head = match ResponseHeader::build(431, Some(3)) {
-            Ok(h) => h,
-            Err(_) => return,
-        };
-        let _ = head.insert_header(header::CONTENT_TYPE, "application/json");
-        let _ = head.insert_header(header::CONTENT_LENGTH, body.len().to_string());
-        let _ = conn.write_all(&serialize(&head, body)).await;
-        let _ = conn.flush().await;
+        let message = "the request head is too large";
+        let answer = Answer::json(431, "bad_request", message, Outcome::BadRequest);
+        gw.count(answer.outcome, false);
+        let _ = write_answer(gw, conn, &answer, None).await;
     }
     tracing::debug!(?why, client = ?conn.peer_addr(), "no request head");
 }
@@ -271,7 +266,7 @@ async fn open(gw: &Gateway, conn: &mut Conn, head: Head) -> Option<Opened> {
             "the upgrade request head is not valid",
             Outcome::BadRequest,
         );
-        finish_answer(gw, conn, &req_line_unknown(), &client_text, answer, None).await;
+        finish_answer(gw, conn, "(unparsable upgrade)", &client_text, answer, None).await;
         return None;
     };
     let decision = match gw.authenticate(&mut req, peer.map(|a| a.ip())) {
@@ -292,7 +287,7 @@ async fn open(gw: &Gateway, conn: &mut Conn, head: Head) -> Option<Opened> {
     let Some((addr, _)) = gw.pick_upstream(req.raw_path(), forward.sticky, None) else {
         gw.count(forward.outcome, true);
         let answer = Gateway::upstream_unavailable(false);
-        let _ = write_answer(gw, conn, &answer, &req).await;
+        let _ = write_answer(gw, conn, &answer, Some(&req)).await;
         return None;
     };
     let mut upstream = match connect(gw, addr).await {
@@ -301,7 +296,7 @@ async fn open(gw: &Gateway, conn: &mut Conn, head: Head) -> Option<Opened> {
             gw.count(forward.outcome, true);
             tracing::warn!(upstream = %addr, client = %client_text, request, timed_out, "upstream unreachable for an upgrade");
             let answer = Gateway::upstream_unavailable(timed_out);
-            let _ = write_answer(gw, conn, &answer, &req).await;
+            let _ = write_answer(gw, conn, &answer, Some(&req)).await;
             return None;
         }
     };
@@ -319,7 +314,7 @@ async fn open(gw: &Gateway, conn: &mut Conn, head: Head) -> Option<Opened> {
     conn.consume(early);
     if upstream.write_all(&out).await.is_err() {
         gw.count(forward.outcome, true);
-        let _ = write_answer(gw, conn, &Gateway::upstream_unavailable(false), &req).await;
+        let _ = write_answer(gw, conn, &Gateway::upstream_unavailable(false), Some(&req)).await;
         return None;
     }
     drop(out);
@@ -327,7 +322,13 @@ async fn open(gw: &Gateway, conn: &mut Conn, head: Head) -> Option<Opened> {
         Ok(r) => r,
         Err(timed_out) => {
             gw.count(forward.outcome, true);
-            let _ = write_answer(gw, conn, &Gateway::upstream_unavailable(timed_out), &req).await;
+            let _ = write_answer(
+                gw,
+                conn,
+                &Gateway::upstream_unavailable(timed_out),
+                Some(&req),
+            )
+            .await;
             return None;
         }
     };
@@ -398,10 +399,6 @@ async fn relay(gw: &Gateway, mut conn: Box<Conn>, opened: Opened, started: Insta
     );
 }
 
-fn req_line_unknown() -> String {
-    "(unparsable upgrade)".to_string()
-}
-
 /// Counts, logs and writes a decided answer on the tunnel path.
 async fn finish_answer(
     gw: &Gateway,
@@ -417,18 +414,7 @@ async fn finish_answer(
         (Some((EngineRequest::WebSocketHandshake, err)), Some(req)) => {
             refuse_websocket(conn, req, err).await
         }
-        (_, Some(req)) => write_answer(gw, conn, &answer, req).await,
-        (_, None) => {
-            let head = ResponseHeader::build(answer.status, Some(3));
-            match head {
-                Ok(mut h) => {
-                    let _ = h.insert_header(header::CONTENT_TYPE, answer.content_type);
-                    let _ = h.insert_header(header::CONTENT_LENGTH, answer.body.len().to_string());
-                    conn.write_all(&serialize(&h, &answer.body)).await
-                }
-                Err(_) => Ok(()),
-            }
-        }
+        _ => write_answer(gw, conn, &answer, req).await,
     };
     if let Err(e) = written.and(conn.flush().await) {
         tracing::debug!(client, "could not write the answer: {e}");
@@ -436,15 +422,17 @@ async fn finish_answer(
     let _ = conn.shutdown().await;
 }
 
-/// Writes an answer (head built by [`Gateway::answer_head`]) and closes.
+/// Writes an answer (head built by [`Gateway::answer_head`], CORS by the request's
+/// `Origin`) for a connection that closes after it.
 async fn write_answer(
     gw: &Gateway,
     conn: &mut Conn,
     answer: &Answer,
-    req: &RequestHeader,
+    req: Option<&RequestHeader>,
 ) -> io::Result<()> {
+    let origin = req.and_then(|r| r.headers.get(header::ORIGIN));
     let head = gw
-        .answer_head(answer, req.headers.get(header::ORIGIN))
+        .answer_head(answer, origin)
         .map_err(|e| io::Error::other(e.to_string()))?;
     conn.write_all(&serialize(&head, &answer.body)).await?;
     conn.flush().await
