@@ -92,6 +92,19 @@ backend be
     )
 }
 
+impl System {
+    /// Spawns `cmd` and waits until it listens on `addr`.
+    pub async fn start(name: &str, cmd: Command, addr: SocketAddr) -> System {
+        let p = Proc::spawn(name, cmd);
+        wait_listening(addr, &p).await;
+        System {
+            name: name.into(),
+            addr,
+            proc_: p,
+        }
+    }
+}
+
 /// HAProxy on the SUT CPU.
 pub async fn haproxy(dir: &Path, name: &str, upstream: SocketAddr, alg: &str, key: &str) -> System {
     let addr = free_addr();
@@ -102,13 +115,7 @@ pub async fn haproxy(dir: &Path, name: &str, upstream: SocketAddr, alg: &str, ke
     );
     let mut cmd = pinned(SUT_CPU, "haproxy");
     cmd.arg("-db").arg("-f").arg(&file);
-    let p = Proc::spawn(name, cmd);
-    wait_listening(addr, &p).await;
-    System {
-        name: name.into(),
-        addr,
-        proc_: p,
-    }
+    System::start(name, cmd, addr).await
 }
 
 /// The gateway (`threads = 1`) on the SUT CPU.
@@ -124,13 +131,7 @@ pub async fn gateway(dir: &Path, name: &str, upstream: SocketAddr, auth: &str) -
         .arg(&file)
         .env("JWT_SECRET", SECRET)
         .env("RUST_LOG", "warn");
-    let p = Proc::spawn(name, cmd);
-    wait_listening(addr, &p).await;
-    System {
-        name: name.into(),
-        addr,
-        proc_: p,
-    }
+    System::start(name, cmd, addr).await
 }
 
 /// CPU time of every thread of `pid`, in nanoseconds (`/proc/PID/task/*/schedstat`).
