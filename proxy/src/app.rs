@@ -1,5 +1,5 @@
 //! Each accepted connection (README "WebSockets"): the gateway reads every request
-//! head itself ([`tunnel::read_head`], bounded in size and time), hands a WebSocket
+//! head itself ([`head::read_head`], bounded in size and time), hands a WebSocket
 //! upgrade to its own tunnel ([`tunnel::carry`]), and gives every other request, head
 //! replayed, to Pingora's HTTP path unchanged. Keep-alive connections come back here
 //! after each request, so an upgrade after earlier requests on the same connection is
@@ -15,8 +15,9 @@ use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 
 use crate::conn::Conn;
-use crate::gateway::{Gateway, HttpPath};
-use crate::tunnel;
+use crate::gateway::Gateway;
+use crate::http_path::HttpPath;
+use crate::{head, tunnel};
 
 /// The gateway's server application.
 pub struct App {
@@ -50,9 +51,9 @@ impl ServerApp for App {
         let mut conn = Box::new(Conn::new(stream));
         let mut persistent: Option<HttpPersistentSettings> = None;
         loop {
-            let head = match tunnel::read_head(&mut conn).await {
+            let head = match head::read_head(&mut conn).await {
                 Ok(head) => head,
-                Err(tunnel::NoHead::Unparsable) => tunnel::Head {
+                Err(head::NoHead::Unparsable) => head::Head {
                     len: 0,
                     upgrade: false,
                 },

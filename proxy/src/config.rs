@@ -1,27 +1,39 @@
-//! The TOML configuration file: its schema, its defaults, and its validation.
+//! The TOML configuration file (README "Configuration"): its schema and defaults here,
+//! one default per key in one place (the `default_*` functions and `Default` impls,
+//! which serde uses, the README table and config.toml are checked against them).
 //!
-//! Parsing ([`Config::parse`]) turns the text into serde structs; unknown keys and bad
-//! types are reported with the key path and line. Validation ([`Config::validate`])
-//! checks everything the file refers to (environment variables, key files, secret
-//! lengths, algorithm names) and reports *every* problem at once, each prefixed with its
-//! key path, so that `proxy --check` and start-up give the same answer.
+//! Parsing ([`Config::parse`], in `parse.rs`) turns the text into these structs;
+//! unknown keys and bad types are reported with the key path and line. Validation
+//! ([`Config::validate`], in `settings.rs`, one function per section) checks everything
+//! the file refers to (environment variables, key files, secret lengths, algorithm
+//! names) and builds the runtime [`Settings`]. Both report *every* problem at once,
+//! each prefixed with its key path, so that `proxy --check` and start-up give the
+//! same answer.
+
+mod parse;
+mod settings;
+
+pub use parse::{ConfigErrors, KeyLines, Problem};
+pub use settings::{AuthSettings, ProxySettings, Settings, UpstreamSettings, load_settings};
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
-
-use crate::keys::{self, KeySource};
-use crate::path::{PathPolicy, normalize};
-use crate::token::TokenSource;
+use serde::{Deserialize, Serialize};
 
 /// A duration written with a unit (`"500ms"`, `"5s"`, `"10m"`); a bare number or a
 /// negative value is refused so that nobody has to guess the unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);
+
+/// Written back as the config file writes it (`"5s"`, `"1m 30s"`), for the defaults
+/// the documentation is checked against.
+impl Serialize for Dur {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -44,12 +56,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// The whole file. `[demo]` belongs to upstream-demo and is ignored here.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where the gateway listens and how it runs.
+    #[serde(default)]
     pub proxy: ProxyConfig,
     /// The socket.io server(s) behind the gateway.
+    #[serde(default)]
     pub upstream: UpstreamConfig,
     /// How tokens are found, verified and turned into identity headers.
     #[serde(default)]
@@ -65,7 +79,7 @@ pub struct Config {
 /// `[assertion]`: the gateway signs a short-lived JWT naming the verified user and adds
 /// it to every authenticated request, so that an upstream reachable by others than the
 /// gateway need not trust a bare `x-auth-user` header.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AssertionConfig {
     /// Header carrying the assertion (removed from client requests like the identity
@@ -102,11 +116,13 @@ fn default_assertion_jwks_path() -> String {
 }
 
 /// `[proxy]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
-    /// `address:port` the gateway serves on; required, because a default port would
-    /// silently collide with whatever else runs on the host.
+    /// `address:port` the gateway serves on; required (validation says so when it is
+    /// missing), because a default port would silently collide with whatever else
+    /// runs on the host.
+    #[serde(default)]
     pub listen: String,
     /// Worker threads of the proxy service.
     #[serde(default = "default_threads")]
@@ -120,10 +136,11 @@ pub struct ProxyConfig {
 }
 
 /// `[upstream]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// The socket.io servers, `address:port`.
+    /// The socket.io servers, `address:port`; at least one (checked by validation).
+    #[serde(default)]
     pub servers: Vec<String>,
     /// Which request property keeps an Engine.IO session on one server.
     #[serde(default)]
@@ -137,7 +154,7 @@ pub struct UpstreamConfig {
 }
 
 /// `[upstream].sticky`
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Sticky {
     /// Hash the raw token: one client, one server.
@@ -150,18 +167,19 @@ pub enum Sticky {
 }
 
 /// `[auth].reject_with`
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RejectWith {
-    /// `401` with a JSON body (SPEC item 5).
+    /// `401` with a JSON body (README "What the gateway does to a request").
     #[default]
     Http,
-    /// A socket.io `CONNECT_ERROR` the official client understands (SPEC item 14).
+    /// A socket.io `CONNECT_ERROR` the official client understands (README "Refusals the socket.io
+    /// client understands").
     Socketio,
 }
 
 /// `[auth]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Allow-list of JWS algorithms; `none` is never accepted.
@@ -248,6 +266,19 @@ pub struct AuthConfig {
     pub cors_origins: Vec<String>,
 }
 
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        // An empty table yields every documented default (and no `listen`).
+        toml::from_str("").unwrap_or_else(|_| unreachable!("an empty [proxy] table is valid"))
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|_| unreachable!("an empty [upstream] table is valid"))
+    }
+}
+
 impl Default for AuthConfig {
     fn default() -> Self {
         // An empty table yields every documented default.
@@ -311,541 +342,10 @@ fn default_user_header() -> String {
     "x-auth-user".into()
 }
 
-/// One thing wrong with the configuration, tied to the key it is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Dotted key path, e.g. `auth.secret_env`.
-    pub key: String,
-    /// Line of that key in the file, when the key is written there.
-    pub line: Option<usize>,
-    /// What is wrong, in a sentence.
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "{} (line {line}): {}", self.key, self.message),
-            None => write!(f, "{}: {}", self.key, self.message),
-        }
-    }
-}
-
-/// Every problem found in one file.
-#[derive(Debug, thiserror::Error)]
-pub struct ConfigErrors {
-    /// The file they were found in.
-    pub file: PathBuf,
-    /// All of them, in file order of discovery.
-    pub problems: Vec<Problem>,
-}
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.problems.len();
-        write!(
-            f,
-            "{}: {n} problem{}",
-            self.file.display(),
-            if n == 1 { "" } else { "s" }
-        )?;
-        for p in &self.problems {
-            write!(f, "\n{p}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Where each key is written in the file, so that validation problems can name the line.
-#[derive(Debug, Default)]
-pub struct KeyLines {
-    lines: BTreeMap<String, usize>,
-}
-
-impl KeyLines {
-    /// Indexes every key of `src` (best effort: an unparsable file indexes nothing).
-    pub fn index(src: &str) -> Self {
-        let mut lines = BTreeMap::new();
-        if let Ok(doc) = toml::de::DeTable::parse(src) {
-            walk_table(src, "", doc.get_ref(), &mut lines);
-        }
-        KeyLines { lines }
-    }
-
-    /// Line of `key` (dotted path), if written.
-    pub fn line(&self, key: &str) -> Option<usize> {
-        self.lines.get(key).copied()
-    }
-
-    /// The deepest key whose span starts at or before `offset`: the key an error is about.
-    fn key_at(&self, src: &str, offset: usize) -> Option<(String, usize)> {
-        let line = line_of(src, offset);
-        self.lines
-            .iter()
-            .filter(|(_, l)| **l == line)
-            .max_by_key(|(k, _)| k.len())
-            .map(|(k, l)| (k.clone(), *l))
-    }
-}
-
-fn walk_table(
-    src: &str,
-    prefix: &str,
-    table: &toml::de::DeTable<'_>,
-    out: &mut BTreeMap<String, usize>,
-) {
-    for (key, value) in table {
-        let path = if prefix.is_empty() {
-            key.get_ref().to_string()
-        } else {
-            format!("{prefix}.{}", key.get_ref())
-        };
-        out.insert(path.clone(), line_of(src, key.span().start));
-        if let toml::de::DeValue::Table(inner) = value.get_ref() {
-            walk_table(src, &path, inner, out);
-        }
-    }
-}
-
-fn line_of(src: &str, offset: usize) -> usize {
-    src.get(..offset.min(src.len()))
-        .map_or(1, |s| s.bytes().filter(|b| *b == b'\n').count() + 1)
-}
-
-impl Config {
-    /// Reads and parses a file; a parse problem names the key and line.
-    pub fn load(file: &Path) -> Result<(Config, KeyLines), ConfigErrors> {
-        let src = std::fs::read_to_string(file).map_err(|e| ConfigErrors {
-            file: file.to_path_buf(),
-            problems: vec![Problem {
-                key: "(file)".into(),
-                line: None,
-                message: format!("cannot read {}: {e}", file.display()),
-            }],
-        })?;
-        Self::parse(&src).map_err(|problems| ConfigErrors {
-            file: file.to_path_buf(),
-            problems,
-        })
-    }
-
-    /// Parses TOML text.
-    pub fn parse(src: &str) -> Result<(Config, KeyLines), Vec<Problem>> {
-        let lines = KeyLines::index(src);
-        match toml::from_str::<Config>(src) {
-            Ok(cfg) => Ok((cfg, lines)),
-            Err(e) => {
-                let offset = e.span().map_or(0, |s| s.start);
-                let message = e.message().trim().to_string();
-                let (key, line) = match lines.key_at(src, offset) {
-                    Some((key, line)) => (key, Some(line)),
-                    None => (
-                        "(file)".to_string(),
-                        e.span().map(|s| line_of(src, s.start)),
-                    ),
-                };
-                Err(vec![Problem { key, line, message }])
-            }
-        }
-    }
-
-    /// Checks everything the file refers to and builds the runtime [`Settings`].
-    /// Returns every problem found, not only the first.
-    pub fn validate(&self, lines: &KeyLines, base_dir: &Path) -> Result<Settings, Vec<Problem>> {
-        let mut v = Problems {
-            lines,
-            list: Vec::new(),
-        };
-
-        let listen = parse_addr(&mut v, "proxy.listen", &self.proxy.listen);
-        if self.proxy.threads == 0 {
-            v.push("proxy.threads", "must be at least 1".into());
-        }
-        let metrics_listen = self
-            .proxy
-            .metrics_listen
-            .as_deref()
-            .and_then(|a| parse_addr(&mut v, "proxy.metrics_listen", a));
-
-        let mut servers = Vec::new();
-        if self.upstream.servers.is_empty() {
-            v.push("upstream.servers", "at least one server is required".into());
-        }
-        for (i, s) in self.upstream.servers.iter().enumerate() {
-            if let Some(addr) = parse_addr(&mut v, &format!("upstream.servers[{i}]"), s) {
-                servers.push(addr);
-            }
-        }
-        if self.upstream.connect_timeout.0.is_zero() {
-            v.push("upstream.connect_timeout", "must be more than 0s".into());
-        }
-
-        let auth = &self.auth;
-        let (algs, alg_problems) = keys::parse_algorithms(&auth.algorithms);
-        for m in alg_problems {
-            v.push("auth.algorithms", m);
-        }
-        let algorithms = (!algs.is_empty()).then_some(algs);
-        let source = self.key_source(&mut v, base_dir);
-        let key_store = match (algorithms.as_ref(), source) {
-            (Some(algs), Some(src)) => keys::KeyStore::load(src, algs)
-                .map_err(|(key, m)| v.push(&key, m))
-                .ok(),
-            _ => None,
-        };
-
-        if auth.max_token_bytes == 0 {
-            v.push("auth.max_token_bytes", "must be more than 0".into());
-        }
-        let paths = PathPolicy::new(&auth.protected_paths, &auth.public_paths)
-            .map_err(|(key, m)| v.push(&key, m))
-            .ok();
-        let mut sources = Vec::new();
-        if auth.token_sources.is_empty() {
-            v.push(
-                "auth.token_sources",
-                "at least one source is required".into(),
-            );
-        }
-        for (i, s) in auth.token_sources.iter().enumerate() {
-            match TokenSource::parse(s) {
-                Ok(src) => sources.push(src),
-                Err(m) => v.push(&format!("auth.token_sources[{i}]"), m),
-            }
-        }
-        if auth.user_claim.is_empty() || auth.user_claim.split('.').any(str::is_empty) {
-            v.push(
-                "auth.user_claim",
-                "must be a dotted claim path such as \"sub\" or \"user.username\"".into(),
-            );
-        }
-        let user_header = header_name(&mut v, "auth.user_header", &auth.user_header);
-        let mut forward = Vec::new();
-        for (claim, header) in &auth.forward_claims {
-            let key = format!("auth.forward_claims.{claim}");
-            if claim.is_empty() || claim.split('.').any(str::is_empty) {
-                v.push(&key, "claim path must not have empty segments".into());
-            }
-            if let Some(h) = header_name(&mut v, &key, header) {
-                if Some(&h) == user_header.as_ref() {
-                    v.push(&key, format!("header {h} is already auth.user_header"));
-                }
-                forward.push((claim.split('.').map(String::from).collect(), h));
-            }
-        }
-        if auth
-            .required_typ
-            .as_deref()
-            .is_some_and(|t| t.trim().is_empty())
-        {
-            v.push("auth.required_typ", "must not be empty when set".into());
-        }
-        if auth.max_lifetime.as_ref().is_some_and(|d| d.0.is_zero()) {
-            v.push("auth.max_lifetime", "must be more than 0s when set".into());
-        }
-        let mut cors_origins = Vec::new();
-        for (i, o) in auth.cors_origins.iter().enumerate() {
-            match cors_origin(o) {
-                Some(value) => cors_origins.push(value),
-                None => v.push(
-                    &format!("auth.cors_origins[{i}]"),
-                    format!("{o:?} is not an origin such as \"https://app.example\" (scheme, host, optional port, nothing else)"),
-                ),
-            }
-        }
-        let assertion = self.assertion.as_ref().and_then(|a| {
-            let header = header_name(&mut v, "assertion.header", &a.header);
-            if header.is_some() && header == user_header {
-                v.push(
-                    "assertion.header",
-                    format!("{} is already auth.user_header", a.header),
-                );
-            }
-            if a.audience.trim().is_empty() {
-                v.push("assertion.audience", "must name the upstream".into());
-            }
-            if a.ttl.0 < Duration::from_secs(1) || a.ttl.0 > Duration::from_secs(300) {
-                v.push("assertion.ttl", "must be between 1s and 300s".into());
-            }
-            if !a.jwks_path.starts_with('/')
-                || normalize(a.jwks_path.as_bytes()).ok().as_deref() != Some(a.jwks_path.as_bytes())
-            {
-                v.push(
-                    "assertion.jwks_path",
-                    format!("{:?} must be a normalized absolute path", a.jwks_path),
-                );
-            }
-            let key_file = if a.key_file.is_absolute() {
-                a.key_file.clone()
-            } else {
-                base_dir.join(&a.key_file)
-            };
-            let signer = crate::assertion::Signer::load(&key_file)
-                .map_err(|m| v.push("assertion.key_file", m))
-                .ok()?;
-            Some(crate::assertion::Asserter::new(
-                signer,
-                header?,
-                a.audience.clone(),
-                a.issuer.clone(),
-                a.ttl.0,
-                a.jwks_path.clone(),
-            ))
-        });
-
-        if !v.list.is_empty() {
-            return Err(v.list);
-        }
-        match (listen, key_store, paths, user_header) {
-            (Some(listen), Some(keys), Some(paths), Some(user_header)) => Ok(Settings {
-                listen,
-                threads: self.proxy.threads,
-                metrics_listen,
-                shutdown_grace: self.proxy.shutdown_grace.0,
-                upstream: servers,
-                sticky: self.upstream.sticky,
-                health_check: self.upstream.health_check.0,
-                connect_timeout: self.upstream.connect_timeout.0,
-                keys,
-                issuer: auth.issuer.clone(),
-                audience: auth.audience.clone(),
-                leeway: auth.leeway.0,
-                require_exp: auth.require_exp,
-                max_token_bytes: auth.max_token_bytes,
-                paths,
-                token_sources: sources,
-                user_claim: auth.user_claim.split('.').map(String::from).collect(),
-                user_header,
-                forward_claims: forward,
-                strip_token: auth.strip_token,
-                close_on_expiry: auth.close_on_expiry,
-                verify_cache: auth.verify_cache,
-                failure_limit: auth.failure_limit,
-                reject_with: auth.reject_with,
-                required_typ: auth.required_typ.clone(),
-                max_lifetime: auth.max_lifetime.as_ref().map(|d| d.0),
-                cors_origins,
-                assertion,
-            }),
-            _ => Err(vec![Problem {
-                key: "(file)".into(),
-                line: None,
-                message: "invalid configuration".into(),
-            }]),
-        }
-    }
-
-    /// Exactly one key source; `secret_env = "JWT_SECRET"` when none is written.
-    fn key_source(&self, v: &mut Problems<'_>, base_dir: &Path) -> Option<KeySource> {
-        if let Some(url) = &self.auth.jwks_url {
-            if !(url.starts_with("http://") || url.starts_with("https://"))
-                || reqwest::Url::parse(url).is_err()
-            {
-                v.push(
-                    "auth.jwks_url",
-                    format!("{url:?} is not an http:// or https:// URL"),
-                );
-                return None;
-            }
-        }
-        let mut given = self.auth.key_sources(base_dir);
-        if given.len() > 1 {
-            let names: Vec<&str> = given.iter().map(|(k, _)| *k).collect();
-            for (key, _) in &given {
-                v.push(
-                    key,
-                    format!(
-                        "exactly one key source is allowed, found {}",
-                        names.join(", ")
-                    ),
-                );
-            }
-            return None;
-        }
-        given.pop().map(|(_, s)| s)
-    }
-}
-
-impl AuthConfig {
-    /// The key sources written in `[auth]` with their keys, relative paths resolved
-    /// against `base_dir`; `secret_env = "JWT_SECRET"` when none is written.
-    pub fn key_sources(&self, base_dir: &Path) -> Vec<(&'static str, KeySource)> {
-        let resolve = |p: &PathBuf| {
-            if p.is_absolute() {
-                p.clone()
-            } else {
-                base_dir.join(p)
-            }
-        };
-        let mut given = Vec::new();
-        if let Some(name) = &self.secret_env {
-            given.push(("auth.secret_env", KeySource::SecretEnv(name.clone())));
-        }
-        if let Some(p) = &self.secret_file {
-            given.push(("auth.secret_file", KeySource::SecretFile(resolve(p))));
-        }
-        if let Some(p) = &self.public_key_file {
-            given.push(("auth.public_key_file", KeySource::PublicKeyFile(resolve(p))));
-        }
-        if let Some(p) = &self.jwks_file {
-            given.push(("auth.jwks_file", KeySource::JwksFile(resolve(p))));
-        }
-        if let Some(url) = &self.jwks_url {
-            given.push(("auth.jwks_url", KeySource::JwksUrl(url.clone())));
-        }
-        if given.is_empty() {
-            given.push(("auth.secret_env", KeySource::SecretEnv("JWT_SECRET".into())));
-        }
-        given
-    }
-}
-
-struct Problems<'a> {
-    lines: &'a KeyLines,
-    list: Vec<Problem>,
-}
-
-impl Problems<'_> {
-    fn push(&mut self, key: &str, message: String) {
-        // `auth.token_sources[1]` is written on the line of `auth.token_sources`.
-        let written = key.split('[').next().unwrap_or(key);
-        let mut line = self.lines.line(written);
-        let mut k = written;
-        while line.is_none() {
-            match k.rfind('.') {
-                Some(i) => {
-                    k = &k[..i];
-                    line = self.lines.line(k);
-                }
-                None => break,
-            }
-        }
-        self.list.push(Problem {
-            key: key.to_string(),
-            line,
-            message,
-        });
-    }
-}
-
-fn parse_addr(v: &mut Problems<'_>, key: &str, text: &str) -> Option<SocketAddr> {
-    match text.parse::<SocketAddr>() {
-        Ok(a) => Some(a),
-        Err(_) => {
-            v.push(
-                key,
-                format!("{text:?} is not an address:port such as \"127.0.0.1:8080\""),
-            );
-            None
-        }
-    }
-}
-
-/// An origin exactly as browsers send it in `Origin`, or `None` when `text` is not one.
-fn cors_origin(text: &str) -> Option<http::HeaderValue> {
-    let url = reqwest::Url::parse(text).ok()?;
-    let origin = url.origin().ascii_serialization();
-    (matches!(url.scheme(), "http" | "https") && origin == text)
-        .then(|| http::HeaderValue::from_str(&origin).ok())
-        .flatten()
-}
-
-fn header_name(v: &mut Problems<'_>, key: &str, text: &str) -> Option<http::HeaderName> {
-    match http::HeaderName::from_bytes(text.as_bytes()) {
-        Ok(h) => Some(h),
-        Err(_) => {
-            v.push(key, format!("{text:?} is not a valid header name"));
-            None
-        }
-    }
-}
-
-/// The validated configuration the gateway runs with: everything parsed, resolved and
-/// lower-cased once at start-up, so the request path does no such work.
-#[derive(Debug)]
-pub struct Settings {
-    /// Listening address.
-    pub listen: SocketAddr,
-    /// Worker threads.
-    pub threads: usize,
-    /// Where Prometheus metrics are served, if anywhere.
-    pub metrics_listen: Option<SocketAddr>,
-    /// Drain time after SIGTERM.
-    pub shutdown_grace: Duration,
-    /// Upstream servers.
-    pub upstream: Vec<SocketAddr>,
-    /// Which request property picks the server when there are several.
-    pub sticky: Sticky,
-    /// TCP health-check interval with several servers (zero: off).
-    pub health_check: Duration,
-    /// Upstream connect timeout.
-    pub connect_timeout: Duration,
-    /// The verification keys (reloadable for `jwks_file`).
-    pub keys: keys::KeyStore,
-    /// Required `iss`.
-    pub issuer: Option<String>,
-    /// Required `aud` member.
-    pub audience: Option<String>,
-    /// Clock skew on `exp`/`nbf`.
-    pub leeway: Duration,
-    /// Whether `exp` must be present.
-    pub require_exp: bool,
-    /// Token size limit.
-    pub max_token_bytes: usize,
-    /// Protected and public paths.
-    pub paths: PathPolicy,
-    /// Token sources in order.
-    pub token_sources: Vec<TokenSource>,
-    /// Claim path of the user, split on dots.
-    pub user_claim: Vec<String>,
-    /// Header carrying the user upstream.
-    pub user_header: http::HeaderName,
-    /// Claim path -> header.
-    pub forward_claims: Vec<(Vec<String>, http::HeaderName)>,
-    /// Remove the token before forwarding.
-    pub strip_token: bool,
-    /// Close expired WebSockets.
-    pub close_on_expiry: bool,
-    /// Verified-token cache entries (0 = off).
-    pub verify_cache: usize,
-    /// Failed authentications per second per client address (0 = no limit).
-    pub failure_limit: u32,
-    /// How failed authentications are answered.
-    pub reject_with: RejectWith,
-    /// Required token `typ`.
-    pub required_typ: Option<String>,
-    /// Longest remaining token life accepted.
-    pub max_lifetime: Option<Duration>,
-    /// Origins given credentialed CORS on the gateway's own answers.
-    pub cors_origins: Vec<http::HeaderValue>,
-    /// The signed identity assertion, when configured.
-    pub assertion: Option<crate::assertion::Asserter>,
-}
-
-impl Settings {
-    /// Every identity header the gateway owns: removed from every client request.
-    pub fn identity_headers(&self) -> impl Iterator<Item = &http::HeaderName> {
-        std::iter::once(&self.user_header)
-            .chain(self.forward_claims.iter().map(|(_, h)| h))
-            .chain(self.assertion.as_ref().map(|a| a.header()))
-    }
-}
-
-/// Loads and validates a file in one step, as start-up and `--check` do.
-pub fn load_settings(file: &Path) -> Result<Settings, ConfigErrors> {
-    let (cfg, lines) = Config::load(file)?;
-    let base = file
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    cfg.validate(&lines, base).map_err(|problems| ConfigErrors {
-        file: file.to_path_buf(),
-        problems,
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
@@ -862,7 +362,10 @@ mod tests {
     fn unknown_key_names_key_and_line() {
         let src =
             "[proxy]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n[upstream]\nservers=[\"127.0.0.1:2\"]\n";
-        let err = Config::parse(src).err().unwrap_or_default();
+        let err = match Config::parse(src) {
+            Ok((_, _, problems)) => problems,
+            Err(problems) => problems,
+        };
         assert_eq!(err.len(), 1, "{err:?}");
         assert_eq!(err[0].line, Some(3), "{err:?}");
         assert!(err[0].message.contains("bogus"), "{err:?}");
@@ -883,7 +386,8 @@ secret_env = "GATEWAY_TEST_UNSET_VARIABLE"
 token_sources = ["query:token", "smoke:signal"]
 user_header = "bad header"
 "#;
-        let (cfg, lines) = Config::parse(src).unwrap_or_else(|e| panic!("{e:?}"));
+        let (cfg, lines, parsed) = Config::parse(src).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(parsed.is_empty(), "{parsed:?}");
         let problems = cfg
             .validate(&lines, Path::new("."))
             .err()
@@ -900,5 +404,57 @@ user_header = "bad header"
         }
         let listen = problems.iter().find(|p| p.key == "proxy.listen");
         assert_eq!(listen.and_then(|p| p.line), Some(3));
+    }
+
+    fn problems_of(src: &str) -> Vec<Problem> {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("gateway.toml");
+        std::fs::write(&file, src).unwrap_or_else(|e| panic!("{e}"));
+        load_settings(&file)
+            .err()
+            .map(|e| e.problems)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_wrongly_typed_value_is_reported_with_every_other_problem() {
+        let src = "[proxy]\nlisten = \"127.0.0.1:1\"\nthreads = \"two\"\n[upstream]\nservers = [\"127.0.0.1:2\"]\n[auth]\nleeway = \"forever\"\nsecret_env = \"GATEWAY_TEST_UNSET_VARIABLE\"\nbogus = 1\n";
+        let problems = problems_of(src);
+        let found: Vec<(&str, Option<usize>)> =
+            problems.iter().map(|p| (p.key.as_str(), p.line)).collect();
+        for (key, line) in [
+            ("proxy.threads", Some(3)),
+            ("auth.leeway", Some(7)),
+            ("auth.bogus", Some(9)),
+            ("auth.secret_env", Some(8)),
+        ] {
+            assert!(
+                found.contains(&(key, line)),
+                "{key} (line {line:?}) missing from {problems:#?}"
+            );
+        }
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        let leeway = problems.iter().find(|p| p.key == "auth.leeway");
+        assert!(
+            leeway.is_some_and(|p| p.message.contains("forever")),
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_listen_is_named_by_its_key() {
+        let problems = problems_of(
+            "[proxy]\nthreads = 1\n[upstream]\nservers = [\"127.0.0.1:2\"]\n[auth]\nsecret_env = \"HOME\"\n",
+        );
+        let listen = problems.iter().find(|p| p.key == "proxy.listen");
+        assert!(
+            listen.is_some_and(|p| p.message.contains("required")),
+            "{problems:#?}"
+        );
+        let problems = problems_of("[upstream]\nservers = [\"127.0.0.1:2\"]\n");
+        assert!(
+            problems.iter().any(|p| p.key == "proxy.listen"),
+            "{problems:#?}"
+        );
     }
 }

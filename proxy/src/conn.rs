@@ -1,12 +1,18 @@
 //! A client connection as the gateway reads it: the request head is read by the
-//! gateway itself ([`crate::tunnel::read_head`]) to decide which path carries the
+//! gateway itself ([`crate::head::read_head`]) to decide which path carries the
 //! request, and whatever was read ahead is replayed to that path before the socket's
 //! next bytes. It wraps any Pingora [`Stream`] (plain TCP today, TLS later) behind the
 //! same traits, so no code depends on the transport.
+//!
+//! Writes on the HTTP path are coalesced here, as Pingora's own write buffer would:
+//! its HTTP/1 writer sends a response head and body in separate writes and flushes
+//! after them, so one `send` carries both. The buffer is taken only while a response is
+//! being written and freed when the connection waits for its next request, and a
+//! tunnel writes straight through: an idle connection holds no write buffer.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use async_trait::async_trait;
 use pingora::protocols::{
@@ -17,6 +23,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Bytes read at once while looking for a request head.
 const SCRATCH_BYTES: usize = 8 * 1024;
+
+/// Writes up to this size are gathered until a flush (one MSS on loopback's usual
+/// 1500-byte MTU, Pingora's default write buffer); larger ones go straight out.
+const COALESCE_BYTES: usize = 1460;
 
 thread_local! {
     /// This worker thread's read buffer: borrowed only inside a poll, never across an
@@ -32,6 +42,11 @@ pub struct Conn {
     ahead: Vec<u8>,
     /// How much of `ahead` was consumed.
     at: usize,
+    /// Written bytes not yet sent (at most [`COALESCE_BYTES`]); sent by a flush.
+    out: Vec<u8>,
+    /// Whether small writes are gathered into `out` (the HTTP path) or sent at once
+    /// (a tunnel, which flushes after every write anyway).
+    coalesce: bool,
 }
 
 impl Conn {
@@ -41,7 +56,34 @@ impl Conn {
             inner,
             ahead: Vec::new(),
             at: 0,
+            out: Vec::new(),
+            coalesce: true,
         }
+    }
+
+    /// From now on every write goes straight to the socket: for a tunnel, so that a
+    /// held connection keeps no write buffer. Call it with nothing left to flush.
+    pub fn write_through(&mut self) {
+        debug_assert!(self.out.is_empty(), "unflushed bytes before write_through");
+        self.coalesce = false;
+        self.out = Vec::new();
+    }
+
+    /// Sends what [`Self::out`] holds.
+    fn poll_send_out(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.out.is_empty() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.out) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.out.drain(..n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// The bytes read ahead and not yet consumed.
@@ -62,6 +104,10 @@ impl Conn {
     /// The read goes into the worker thread's buffer and only what arrived is kept, so
     /// a connection waiting for its first byte holds no buffer at all.
     pub async fn read_ahead(&mut self) -> std::io::Result<usize> {
+        if self.out.capacity() > 0 && self.out.is_empty() {
+            // Waiting for the next request: the last response is out, free its buffer.
+            self.out = Vec::new();
+        }
         if self.at > 0 {
             self.ahead.drain(..self.at);
             self.at = 0;
@@ -115,14 +161,30 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        if !this.coalesce {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        if this.out.len() + buf.len() > COALESCE_BYTES {
+            ready!(this.poll_send_out(cx))?;
+        }
+        if buf.len() >= COALESCE_BYTES {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        if this.out.capacity() == 0 {
+            this.out.reserve_exact(COALESCE_BYTES);
+        }
+        this.out.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        ready!(self.poll_send_out(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        ready!(self.poll_send_out(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -3,13 +3,21 @@
 //! phases, or as an upgrade the gateway carries itself ([`crate::tunnel`]). The
 //! decision is made by one function, [`crate::gateway::Gateway::authenticate`]; the
 //! two paths only differ in how they write an [`Answer`] and how they forward.
+//!
+//! Every answer the gateway gives itself is built here, by one constructor each, and
+//! its head by [`Answer::head`].
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue, header};
+use pingora::http::ResponseHeader;
 
-use crate::sessions::Handshake;
-use crate::socketio::EngineRequest;
+use crate::engineio::{EngineRequest, Handshake};
+use crate::failures::RETRY_AFTER;
 use crate::verify::{AuthError, ErrorCode};
+
+/// `WWW-Authenticate` for a missing token; invalid tokens add `error` and the reason
+/// (RFC 6750 3).
+const CHALLENGE: &str = "Bearer realm=\"socket.io\"";
 
 /// What happened to a request, for metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +63,9 @@ pub struct Forward {
     pub sticky: u64,
     /// An authenticated polling handshake, whose answer binds the new session.
     pub handshake: Option<Handshake>,
+    /// The Engine.IO session the request belongs to, with several servers (where it
+    /// lives decides the server).
+    pub sid: Option<Box<str>>,
 }
 
 /// A response the gateway writes itself.
@@ -93,5 +104,109 @@ impl Answer {
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
         self.header = Some((name, value));
         self
+    }
+
+    /// `400`: a request the gateway will not read one way while a server reads it
+    /// another (framing, `Connection`, paths).
+    pub fn bad_request(problem: &str) -> Self {
+        Answer::json(400, "bad_request", problem, Outcome::BadRequest)
+    }
+
+    /// `431`: a request head over the gateway's 64 KiB limit.
+    pub fn head_too_large() -> Self {
+        let message = "the request head is too large";
+        Answer::json(431, "bad_request", message, Outcome::BadRequest)
+    }
+
+    /// `429` with `Retry-After`: too many failed authentications from the address.
+    pub fn rate_limited() -> Self {
+        let message = "too many failed authentications from this address; retry later";
+        Answer::json(429, "rate_limited", message, Outcome::RateLimited)
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER))
+    }
+
+    /// `503`: no `jwks_url` key set was fetched yet.
+    pub fn keys_unavailable() -> Self {
+        let message = "the verification keys could not be fetched yet";
+        Answer::json(503, "keys_unavailable", message, Outcome::KeysUnavailable)
+    }
+
+    /// `502`/`504`: the upstream could not be reached.
+    pub fn upstream_unavailable(timed_out: bool) -> Self {
+        let (status, message) = if timed_out {
+            (504, "the upstream server did not answer in time")
+        } else {
+            (502, "the upstream server is not reachable")
+        };
+        Answer::json(status, "upstream_unavailable", message, Outcome::Undecided)
+    }
+
+    /// The assertion JWK Set, served by the gateway itself.
+    pub fn jwks(body: Bytes) -> Self {
+        Answer {
+            status: 200,
+            content_type: "application/jwk-set+json",
+            header: Some((
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("max-age=300"),
+            )),
+            body,
+            outcome: Outcome::Served,
+            socketio: None,
+        }
+    }
+
+    /// A refused token (README "What the gateway does to a request", 6 and 7): in
+    /// socket.io's terms for a classified Engine.IO request (`reject_with =
+    /// "socketio"`), else `403` for a session of another user and `401` with a
+    /// challenge for everything else.
+    pub fn refusal(err: AuthError, socketio: Option<EngineRequest>) -> Self {
+        let outcome = Outcome::Rejected(err.code);
+        let mut answer = Answer::json(401, err.code.as_str(), &err.reason, outcome);
+        if let Some(kind) = socketio {
+            answer.socketio = Some((kind, err));
+            return answer;
+        }
+        if err.code == ErrorCode::SessionMismatch {
+            // The token is fine; the session is not this user's.
+            answer.status = 403;
+            return answer;
+        }
+        let challenge = if err.code == ErrorCode::MissingToken {
+            HeaderValue::from_static(CHALLENGE)
+        } else {
+            // The reason is one of the gateway's own sentences: always a valid value.
+            HeaderValue::try_from(format!(
+                "{CHALLENGE}, error=\"invalid_token\", error_description=\"{}\"",
+                err.reason
+            ))
+            .unwrap_or_else(|_| HeaderValue::from_static(CHALLENGE))
+        };
+        answer.with_header(header::WWW_AUTHENTICATE, challenge)
+    }
+
+    /// The response head, for both paths: `Content-Type`, `Content-Length`,
+    /// `Cache-Control: no-store` (which the answer's own header may replace) and
+    /// credentialed CORS for an `Origin` in `cors_origins` (`auth.cors_origins`).
+    pub fn head(
+        &self,
+        origin: Option<&HeaderValue>,
+        cors_origins: &[HeaderValue],
+    ) -> pingora::Result<ResponseHeader> {
+        let mut resp = ResponseHeader::build(self.status, Some(8))?;
+        resp.insert_header(header::CONTENT_TYPE, self.content_type)?;
+        resp.insert_header(header::CONTENT_LENGTH, self.body.len().to_string())?;
+        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+        if let Some((name, value)) = self.header.clone() {
+            resp.insert_header(name, value)?;
+        }
+        if let Some(origin) = origin.filter(|o| cors_origins.contains(o)) {
+            resp.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone())?;
+            resp.insert_header(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")?;
+        }
+        if !cors_origins.is_empty() {
+            resp.insert_header(header::VARY, "Origin")?;
+        }
+        Ok(resp)
     }
 }

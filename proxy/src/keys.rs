@@ -13,8 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
+
+mod load;
+mod sources;
+
+use load::load_set;
+pub use load::{KeyError, parse_jwks, read_secret};
+pub use sources::{JwksFetcher, KeyWatcher};
 
 /// Minimum length of an HMAC secret: 256 bits (RFC 8725 §3.5).
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -246,12 +252,15 @@ pub struct KeyStore {
 
 impl KeyStore {
     /// Loads the keys once; the error names the config key at fault.
-    pub fn load(source: KeySource, allowed: &[Algorithm]) -> Result<Self, (String, String)> {
+    pub fn load(
+        source: KeySource,
+        allowed: &[Algorithm],
+    ) -> Result<Self, (&'static str, KeyError)> {
         let seen = match &source {
             KeySource::JwksFile(p) => stamp(p),
             _ => None,
         };
-        let set = load_set(&source, allowed).map_err(|m| (source.config_key().to_string(), m))?;
+        let set = load_set(&source, allowed).map_err(|e| (source.config_key(), e))?;
         Ok(KeyStore {
             source,
             allowed: allowed.to_vec(),
@@ -315,7 +324,7 @@ impl KeyStore {
     /// Re-reads a watched file if it changed since last time (rewritten in place or
     /// renamed over). A broken file keeps the last good keys. Returns what happened, for
     /// logging: `None` when nothing changed.
-    pub fn reload_if_changed(&self) -> Option<Result<usize, String>> {
+    pub fn reload_if_changed(&self) -> Option<Result<usize, KeyError>> {
         let path = self.watched_file()?;
         let now = stamp(path);
         {
@@ -334,215 +343,4 @@ impl KeyStore {
             Err(e) => Some(Err(e)),
         }
     }
-}
-
-fn load_set(source: &KeySource, allowed: &[Algorithm]) -> Result<KeySet, String> {
-    match source {
-        KeySource::SecretEnv(_) | KeySource::SecretFile(_) => {
-            single(hmac_key(read_secret(source)?, source)?, allowed)
-        }
-        KeySource::PublicKeyFile(path) => {
-            let pem_bytes = read(path)?;
-            let (kind, key) =
-                pem_key(&pem_bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-            single((kind, key), allowed)
-        }
-        KeySource::JwksFile(path) => {
-            parse_jwks(&read(path)?, allowed).map_err(|e| format!("{}: {e}", path.display()))
-        }
-        // Nothing until the first fetch succeeds (requests get 503 keys_unavailable).
-        KeySource::JwksUrl(_) => Ok(KeySet::new(Vec::new(), true)),
-    }
-}
-
-/// Parses a JWK Set, keeping the keys that fit `allowed` (the others are logged).
-pub fn parse_jwks(bytes: &[u8], allowed: &[Algorithm]) -> Result<KeySet, String> {
-    let set: JwkSet = serde_json::from_slice(bytes).map_err(|e| format!("not a JWK Set: {e}"))?;
-    let mut keys = Vec::new();
-    for (i, jwk) in set.keys.iter().enumerate() {
-        match jwk_key(jwk, allowed) {
-            Ok(Some(k)) => keys.push(k),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(
-                index = i,
-                kid = jwk.common.key_id.as_deref().unwrap_or("-"),
-                "skipping JWK: {e}"
-            ),
-        }
-    }
-    if keys.is_empty() {
-        return Err("no key in the set can verify any of auth.algorithms".into());
-    }
-    Ok(KeySet::new(keys, true))
-}
-
-/// The HMAC secret of a `secret_env` or `secret_file` source, checked for length.
-/// upstream-demo mints its tokens with the same bytes the gateway verifies with.
-pub fn read_secret(source: &KeySource) -> Result<Vec<u8>, String> {
-    let (bytes, what) = match source {
-        KeySource::SecretEnv(name) => {
-            let value = std::env::var_os(name)
-                .ok_or_else(|| format!("environment variable {name} is not set"))?;
-            (
-                value.into_encoded_bytes(),
-                format!("environment variable {name}"),
-            )
-        }
-        KeySource::SecretFile(path) => {
-            let mut bytes = read(path)?;
-            if bytes.ends_with(b"\n") {
-                bytes.pop();
-                if bytes.ends_with(b"\r") {
-                    bytes.pop();
-                }
-            }
-            (bytes, path.display().to_string())
-        }
-        other => return Err(format!("{} holds no shared secret", other.config_key())),
-    };
-    if bytes.len() < MIN_SECRET_BYTES {
-        return Err(format!(
-            "the secret in {what} is {} bytes; at least {MIN_SECRET_BYTES} are required",
-            bytes.len()
-        ));
-    }
-    Ok(bytes)
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
-}
-
-fn hmac_key(secret: Vec<u8>, source: &KeySource) -> Result<(KeyKind, DecodingKey), String> {
-    let key = DecodingKey::from_secret(&secret)
-        .map_err(|e| format!("{}: unusable secret: {e}", source.config_key()))?;
-    Ok((KeyKind::Hmac, key))
-}
-
-/// A single configured key: every listed algorithm must fit it, so a list like
-/// `["RS256", "HS256"]` with one RSA key is refused instead of half-working.
-fn single((kind, key): (KeyKind, DecodingKey), allowed: &[Algorithm]) -> Result<KeySet, String> {
-    let misfits: Vec<String> = allowed
-        .iter()
-        .filter(|a| !kind.algorithms().contains(a))
-        .map(|a| format!("{a:?}"))
-        .collect();
-    if !misfits.is_empty() {
-        return Err(format!(
-            "{} cannot verify {} (listed in auth.algorithms)",
-            kind.describe(),
-            misfits.join(", ")
-        ));
-    }
-    Ok(KeySet::new(
-        vec![VerifyKey {
-            kid: None,
-            algorithms: allowed.to_vec(),
-            key,
-        }],
-        false,
-    ))
-}
-
-const OID_RSA: &[u8] = &[
-    0x06, 0x09, 0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x01,
-];
-const OID_EC: &[u8] = &[0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01];
-const OID_P256: &[u8] = &[0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
-const OID_P384: &[u8] = &[0x06, 0x05, 0x2B, 0x81, 0x04, 0x00, 0x22];
-const OID_ED25519: &[u8] = &[0x06, 0x03, 0x2B, 0x65, 0x70];
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Reads a PEM public key and tells its kind from the algorithm OID it declares.
-fn pem_key(bytes: &[u8]) -> Result<(KeyKind, DecodingKey), String> {
-    let block = pem::parse(bytes).map_err(|e| format!("not a PEM file: {e}"))?;
-    let der = block.contents();
-    let kind = match block.tag() {
-        "RSA PUBLIC KEY" => KeyKind::Rsa,
-        "PUBLIC KEY" => {
-            if contains(der, OID_RSA) {
-                KeyKind::Rsa
-            } else if contains(der, OID_EC) && contains(der, OID_P256) {
-                KeyKind::EcP256
-            } else if contains(der, OID_EC) && contains(der, OID_P384) {
-                KeyKind::EcP384
-            } else if contains(der, OID_ED25519) {
-                KeyKind::Ed25519
-            } else {
-                return Err(
-                    "unsupported public key type (use RSA, EC P-256/P-384 or Ed25519)".into(),
-                );
-            }
-        }
-        other => {
-            return Err(format!(
-                "expected a \"PUBLIC KEY\" PEM block, found {other:?} (never configure a private key here)"
-            ));
-        }
-    };
-    let key = match kind {
-        KeyKind::Rsa => DecodingKey::from_rsa_pem(bytes),
-        KeyKind::EcP256 | KeyKind::EcP384 => DecodingKey::from_ec_pem(bytes),
-        KeyKind::Ed25519 => DecodingKey::from_ed_pem(bytes),
-        KeyKind::Hmac => unreachable!("PEM files never hold HMAC secrets"),
-    }
-    .map_err(|e| format!("cannot read the public key: {e}"))?;
-    Ok((kind, key))
-}
-
-/// Turns one JWK into a pinned key; `Ok(None)` for keys not meant for signatures.
-fn jwk_key(jwk: &Jwk, allowed: &[Algorithm]) -> Result<Option<VerifyKey>, String> {
-    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
-        return Ok(None);
-    }
-    let kind = match &jwk.algorithm {
-        AlgorithmParameters::RSA(_) => KeyKind::Rsa,
-        AlgorithmParameters::EllipticCurve(p) => match p.curve {
-            EllipticCurve::P256 => KeyKind::EcP256,
-            EllipticCurve::P384 => KeyKind::EcP384,
-            _ => return Err("unsupported curve".into()),
-        },
-        AlgorithmParameters::OctetKeyPair(p) => match p.curve {
-            EllipticCurve::Ed25519 => KeyKind::Ed25519,
-            _ => return Err("unsupported curve".into()),
-        },
-        AlgorithmParameters::OctetKey(_) => KeyKind::Hmac,
-        _ => return Err("unsupported key type".into()),
-    };
-    let declared = match &jwk.common.key_algorithm {
-        Some(ka) => {
-            let name = serde_json::to_value(ka)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default();
-            Some(Algorithm::from_str(&name).map_err(|_| format!("unsupported alg {name:?}"))?)
-        }
-        None => None,
-    };
-    let algorithms: Vec<Algorithm> = kind
-        .algorithms()
-        .iter()
-        .copied()
-        .filter(|a| allowed.contains(a) && declared.is_none_or(|d| d == *a))
-        .collect();
-    if algorithms.is_empty() {
-        return Err(format!("{} fits none of auth.algorithms", kind.describe()));
-    }
-    let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("unusable key: {e}"))?;
-    if kind == KeyKind::Hmac {
-        let len = key.try_get_as_bytes().map(<[u8]>::len).unwrap_or(0);
-        if len < MIN_SECRET_BYTES {
-            return Err(format!(
-                "oct key is {len} bytes; at least {MIN_SECRET_BYTES} are required"
-            ));
-        }
-    }
-    Ok(Some(VerifyKey {
-        kid: jwk.common.key_id.clone(),
-        algorithms,
-        key,
-    }))
 }

@@ -5,18 +5,29 @@
 //! Module map, in the order a request meets them:
 //!
 //! - [`app`]: each accepted connection: its request heads read by the gateway, upgrades
-//!   to [`tunnel`], everything else to Pingora's HTTP path ([`gateway::HttpPath`]).
+//!   to [`tunnel`], everything else to Pingora's HTTP path ([`http_path`]).
 //! - [`conn`]: a client connection with the bytes read ahead replayed.
 //! - [`config`]: the TOML file, defaults, and validation that reports every problem.
+//! - [`http_path`]: Pingora's HTTP phases (`ProxyHttp`), each a few lines around the
+//!   shared decision.
+//! - [`request`]: framing and `Connection` checks, client identity copies, target
+//!   rewriting, token stripping.
 //! - [`path`]: path normalization and the protected/public decision.
 //! - [`token`]: finding the token in the query, a header or a cookie, and stripping it.
 //! - [`keys`]: loading keys, pinning each to its algorithms, reloading `jwks_file`.
-//! - [`verify`]: signature and claim checks, mapped to the SPEC's error codes.
-//! - [`decision`]: what is decided about a request: forward it, or answer it.
-//! - [`gateway`]: the decision ([`gateway::Gateway::authenticate`]) and the `ProxyHttp`
-//!   implementation that carries plain HTTP requests.
+//! - [`verify`]: signature and claim checks, mapped to the refusal codes
+//!   ([`refusal`]); [`verifier`] caches tokens that verified.
+//! - [`engineio`]: Engine.IO as the gateway reads it: the query's parameters (parsed
+//!   once), request kinds, `sid`, the open packet of a handshake's answer.
+//! - [`failures`]: the failed-authentication limit per client address.
+//! - [`decision`]: what is decided about a request (forward it, or answer it), and
+//!   every answer the gateway writes itself.
+//! - [`gateway`]: the decision, [`gateway::Gateway::authenticate`], step by step.
 //! - [`sessions`]: the Engine.IO sessions seen opened: their user, and their server.
-//! - [`tunnel`]: upgrades carried by the gateway itself: head, upstream, relay, expiry.
+//! - [`upstreams`]: which server a request goes to (stickiness, health, sessions).
+//! - [`head`]: HTTP/1 heads read and written by the gateway (bounded in size and time).
+//! - [`tunnel`]: upgrades carried by the gateway itself: decision, upstream, `101`.
+//! - [`relay`]: an open tunnel's bytes both ways, and the close at token expiry.
 //! - [`socketio`]: refusals spoken in socket.io's protocol (`reject_with = "socketio"`).
 //! - [`assertion`]: the optional signed identity assertion and its JWK Set.
 //! - [`metrics`]: the Prometheus series, resolved once, counted in `logging`.
@@ -29,15 +40,24 @@ pub mod assertion;
 pub mod config;
 pub mod conn;
 pub mod decision;
+pub mod engineio;
+pub mod failures;
 pub mod gateway;
+pub mod head;
+pub mod http_path;
 pub mod keys;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod path;
+pub mod refusal;
+pub mod relay;
+pub mod request;
 pub mod server;
 pub mod sessions;
 pub mod socketio;
 pub mod token;
 pub mod tunnel;
+pub mod upstreams;
+pub mod verifier;
 pub mod verify;

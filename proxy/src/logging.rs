@@ -1,6 +1,7 @@
 //! Logging: `tracing` filtered by `RUST_LOG`, Pingora's `log` records bridged into it,
 //! and one last line of defence at the sink: every line is redacted before it is written,
-//! so a token can not reach the log even through a dependency's debug output (SPEC 13).
+//! so a token can not reach the log even through a dependency's debug output
+//! (SECURITY.md "Defences and the tests that show them": nothing secret in logs).
 
 use std::borrow::Cow;
 use std::io::Write;

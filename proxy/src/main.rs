@@ -8,6 +8,14 @@ use proxy::config::{Config, load_settings};
 use proxy::logging::{self, Redactor};
 use proxy::token::TokenSource;
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// socket.io JWT gateway (Pingora).
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -32,7 +40,7 @@ struct Cli {
 /// that even validation warnings are redacted).
 fn redactor_for(file: &std::path::Path) -> Redactor {
     let sources: Vec<TokenSource> = Config::load(file)
-        .map(|(cfg, _)| {
+        .map(|(cfg, _, _)| {
             cfg.auth
                 .token_sources
                 .iter()
@@ -60,5 +68,13 @@ fn main() -> ExitCode {
         println!("ok");
         return ExitCode::SUCCESS;
     }
-    proxy::server::run(settings, redactor_for(&cli.config), cli.upgrade, cli.daemon)
+    let result = proxy::server::run(settings, redactor_for(&cli.config), cli.upgrade, cli.daemon);
+    if let Err(e) = &result {
+        tracing::error!("{e}");
+    }
+    logging::flush();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
 }

@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC item 12), registered once at start-up in the default
+//! Prometheus metrics (README "Metrics"), registered once at start-up in the default
 //! registry that `metrics_listen` serves. Every labelled series is resolved here, so the
 //! request path only increments atomics.
 
@@ -17,8 +17,9 @@ pub struct Metrics {
     pub public: IntCounter,
     /// `gateway_requests_total{outcome="rate_limited"}` (429: `auth.failure_limit`)
     pub rate_limited: IntCounter,
-    /// `gateway_auth_failures_total{reason}`, in [`ErrorCode::ALL`] order.
-    failures: Vec<IntCounter>,
+    /// `gateway_auth_failures_total{reason}`, one per code, indexed by
+    /// [`ErrorCode::index`]: every code has its own counter by construction.
+    failures: [IntCounter; ErrorCode::ALL.len()],
     /// `gateway_upstream_errors_total`
     pub upstream_errors: IntCounter,
     /// `gateway_websockets_open`
@@ -80,10 +81,7 @@ impl Metrics {
             rejected: requests.with_label_values(&["rejected"]),
             public: requests.with_label_values(&["public"]),
             rate_limited: requests.with_label_values(&["rate_limited"]),
-            failures: ErrorCode::ALL
-                .iter()
-                .map(|c| failures.with_label_values(&[c.as_str()]))
-                .collect(),
+            failures: ErrorCode::ALL.map(|c| failures.with_label_values(&[c.as_str()])),
             upstream_errors,
             websockets_open,
             verify_seconds,
@@ -93,7 +91,40 @@ impl Metrics {
 
     /// The failure counter of `code`.
     pub fn failure(&self, code: ErrorCode) -> &IntCounter {
-        let i = ErrorCode::ALL.iter().position(|c| *c == code).unwrap_or(0);
-        &self.failures[i]
+        &self.failures[code.index()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_code_counts_under_its_own_label() {
+        let registry = Registry::new();
+        let m = Metrics::register(&registry).unwrap_or_else(|e| panic!("{e}"));
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            for _ in 0..=i {
+                m.failure(*code).inc();
+            }
+        }
+        let families = registry.gather();
+        let failures = families
+            .iter()
+            .find(|f| f.name() == "gateway_auth_failures_total")
+            .unwrap_or_else(|| panic!("no gateway_auth_failures_total"));
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            let series = failures
+                .get_metric()
+                .iter()
+                .find(|s| s.get_label().iter().any(|l| l.value() == code.as_str()))
+                .unwrap_or_else(|| panic!("no series for {}", code.as_str()));
+            assert_eq!(
+                series.get_counter().value(),
+                (i + 1) as f64,
+                "{}",
+                code.as_str()
+            );
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! Path normalization and the protected/public decision (SPEC item 2).
+//! Path normalization and the protected/public decision (README "What the gateway
+//! does to a request", step 2).
 //!
 //! Matching works on the normalized path, and the upstream receives that same path, so a
 //! client cannot make the gateway and the upstream disagree on what was requested:
@@ -7,6 +8,30 @@
 //! protected path is refused outright, because routers differ on whether they decode it.
 
 use std::borrow::Cow;
+
+/// A configured path list that can not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// A path that does not start with `/`.
+    #[error("{path:?} must start with a slash")]
+    NotAbsolute {
+        /// `protected_paths` or `public_paths`.
+        list: &'static str,
+        /// Its position in the list.
+        index: usize,
+        /// The path as written.
+        path: String,
+    },
+}
+
+impl PolicyError {
+    /// The config key the problem is about, e.g. `auth.public_paths[1]`.
+    pub fn key(&self) -> String {
+        match self {
+            PolicyError::NotAbsolute { list, index, .. } => format!("auth.{list}[{index}]"),
+        }
+    }
+}
 
 /// Why a path was refused with `400`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,6 +47,10 @@ pub enum PathError {
     /// (`/%%37%33ocket.io/` would become `/%73ocket.io/`).
     #[error("the request path has an invalid percent-escape")]
     BadEscape,
+    /// An encoded NUL (`%00`) anywhere in the path: no legitimate path has one, and
+    /// upstreams written in C-like languages may cut the path there.
+    #[error("the request path has an encoded NUL (%00)")]
+    EncodedNul,
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -110,6 +139,9 @@ pub fn normalize(raw: &[u8]) -> Result<Cow<'_, [u8]>, PathError> {
     if bad_escape {
         return Err(PathError::BadEscape);
     }
+    if raw.windows(3).any(|w| w == b"%00") {
+        return Err(PathError::EncodedNul);
+    }
     Ok(Cow::Owned(resolve(&decode(raw, false))))
 }
 
@@ -145,14 +177,15 @@ pub enum Access {
 
 impl PathPolicy {
     /// Builds the policy; the error names the offending key.
-    pub fn new(protected: &[String], public: &[String]) -> Result<Self, (String, String)> {
+    pub fn new(protected: &[String], public: &[String]) -> Result<Self, PolicyError> {
         let mut p = Vec::new();
         for (i, s) in protected.iter().enumerate() {
             if !s.starts_with('/') {
-                return Err((
-                    format!("auth.protected_paths[{i}]"),
-                    format!("{s:?} must start with a slash"),
-                ));
+                return Err(PolicyError::NotAbsolute {
+                    list: "protected_paths",
+                    index: i,
+                    path: s.clone(),
+                });
             }
             let norm = resolve(&decode(s.as_bytes(), false));
             let mut lower = norm.to_ascii_lowercase();
@@ -164,10 +197,11 @@ impl PathPolicy {
         let mut q = Vec::new();
         for (i, s) in public.iter().enumerate() {
             if !s.starts_with('/') {
-                return Err((
-                    format!("auth.public_paths[{i}]"),
-                    format!("{s:?} must start with a slash"),
-                ));
+                return Err(PolicyError::NotAbsolute {
+                    list: "public_paths",
+                    index: i,
+                    path: s.clone(),
+                });
             }
             q.push(resolve(&decode(s.as_bytes(), false)));
         }

@@ -1,4 +1,4 @@
-//! `reject_with = "socketio"` (SPEC item 14): refusals in the protocol the socket.io
+//! `reject_with = "socketio"` (README "Refusals the socket.io client understands"): refusals in the protocol the socket.io
 //! client understands, so that moving the JWT check out of the socket.io server changes
 //! nothing for client code written against `io.use()` middleware.
 //!
@@ -17,10 +17,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use http::{HeaderMap, Method, header};
 use tokio::sync::Notify;
 
-use crate::token::query_pairs;
 use crate::verify::AuthError;
 
 /// Refused sessions remembered at once; the least recently used go first.
@@ -31,69 +29,6 @@ pub const REFUSED_SESSION_TTL: Duration = Duration::from_secs(10);
 
 /// Engine.IO's packet separator in polling payloads.
 const SEPARATOR: char = '\u{1e}';
-
-/// What kind of Engine.IO v4 request this is; `None` from [`classify`] for anything
-/// else (other `EIO` versions, other transports, malformed requests), which keeps the
-/// HTTP `401`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EngineRequest {
-    /// `GET ?EIO=4&transport=polling` without `sid`.
-    PollingHandshake,
-    /// `GET ?EIO=4&transport=websocket` with a WebSocket upgrade, without `sid`.
-    WebSocketHandshake,
-    /// A request of an existing session.
-    Session {
-        /// The `sid` parameter.
-        sid: String,
-        /// `POST` (the client sending packets) rather than `GET` (polling).
-        post: bool,
-    },
-}
-
-/// Classifies a protected request from its method, headers and query.
-pub fn classify(method: &Method, headers: &HeaderMap, query: &[u8]) -> Option<EngineRequest> {
-    let (mut eio, mut transport, mut sid) = (None, None, None);
-    for (_, name, value) in query_pairs(query) {
-        let slot = match &*name {
-            b"EIO" => &mut eio,
-            b"transport" => &mut transport,
-            b"sid" => &mut sid,
-            _ => continue,
-        };
-        if slot.is_some() {
-            return None;
-        }
-        *slot = Some(value);
-    }
-    if eio != Some(&b"4"[..]) {
-        return None;
-    }
-    let upgrade = headers
-        .get(header::UPGRADE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    match (transport?, sid.filter(|s| !s.is_empty())) {
-        (b"polling", None) if *method == Method::GET && !upgrade => {
-            Some(EngineRequest::PollingHandshake)
-        }
-        (b"websocket", None)
-            if *method == Method::GET
-                && upgrade
-                && headers.contains_key(header::SEC_WEBSOCKET_KEY)
-                && headers
-                    .get(header::SEC_WEBSOCKET_VERSION)
-                    .is_some_and(|v| v.as_bytes() == b"13") =>
-        {
-            Some(EngineRequest::WebSocketHandshake)
-        }
-        (b"polling", Some(sid)) if *method == Method::GET || *method == Method::POST => {
-            Some(EngineRequest::Session {
-                sid: std::str::from_utf8(sid).ok()?.to_string(),
-                post: *method == Method::POST,
-            })
-        }
-        _ => None,
-    }
-}
 
 /// A refused Engine.IO session, waiting for the client's `CONNECT`.
 #[derive(Debug)]
@@ -352,50 +287,6 @@ impl WsRefusal {
 mod tests {
     use super::*;
     use crate::verify::ErrorCode;
-
-    #[test]
-    fn classifies_engine_io_v4_requests_only() {
-        let h = HeaderMap::new();
-        let get = Method::GET;
-        assert_eq!(
-            classify(&get, &h, b"EIO=4&transport=polling&t=x&token=a"),
-            Some(EngineRequest::PollingHandshake)
-        );
-        assert_eq!(
-            classify(&Method::POST, &h, b"EIO=4&transport=polling&sid=abc"),
-            Some(EngineRequest::Session {
-                sid: "abc".into(),
-                post: true
-            })
-        );
-        for q in [
-            &b"EIO=3&transport=polling"[..],
-            b"transport=polling",
-            b"EIO=4",
-            b"EIO=4&transport=carrier-pigeon",
-            b"EIO=4&EIO=4&transport=polling",
-            b"EIO=4&transport=websocket",
-        ] {
-            assert_eq!(
-                classify(&get, &h, q),
-                None,
-                "{}",
-                String::from_utf8_lossy(q)
-            );
-        }
-        let ws: HeaderMap = [
-            (header::UPGRADE, "websocket"),
-            (header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ=="),
-            (header::SEC_WEBSOCKET_VERSION, "13"),
-        ]
-        .into_iter()
-        .map(|(n, v)| (n, http::HeaderValue::from_static(v)))
-        .collect();
-        assert_eq!(
-            classify(&get, &ws, b"EIO=4&transport=websocket"),
-            Some(EngineRequest::WebSocketHandshake)
-        );
-    }
 
     #[test]
     fn packets_match_what_socket_io_servers_send() {

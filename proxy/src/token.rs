@@ -1,4 +1,5 @@
-//! Finding the token in a request (SPEC item 3) and removing exactly it (SPEC item 6).
+//! Finding the token in a request (README "What the gateway does to a request")
+//! and removing exactly it.
 //!
 //! The token comes from the first configured source that is present, and only from it:
 //! an invalid token in the query is never "rescued" by a cookie. A source given twice

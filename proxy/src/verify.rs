@@ -1,12 +1,11 @@
-//! Token verification (SPEC item 4): header, algorithm pinning, key selection,
-//! signature, then the registered claims, each failure mapped to one SPEC error code.
+//! Token verification (RFC 7519, RFC 8725): header, algorithm pinning, key selection,
+//! signature, then the registered claims, each failure mapped to one [`ErrorCode`].
 //!
 //! `jsonwebtoken` does the cryptography; the claim checks are done here so that every
 //! outcome has an exact code (a string `exp` is `malformed_token`, an absent `aud` is
 //! `missing_claim`, ...), fractional NumericDates are honoured, and the leeway keeps
 //! sub-second precision.
 
-use std::borrow::Cow;
 use std::str::FromStr;
 
 use base64::Engine;
@@ -17,97 +16,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::keys::{KeySet, SelectError};
-
-/// The error codes of SPEC item 5.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    /// No token in the first present source.
-    MissingToken,
-    /// Not a decodable JWT, or a claim of the wrong type.
-    MalformedToken,
-    /// Over `max_token_bytes`.
-    TokenTooLarge,
-    /// The signature does not verify.
-    InvalidSignature,
-    /// `alg` not allowed, or not fitting the selected key.
-    AlgorithmNotAllowed,
-    /// No key matches `kid` (or `alg`).
-    UnknownKey,
-    /// `exp` + leeway has passed.
-    TokenExpired,
-    /// `nbf` - leeway is still ahead.
-    TokenNotYetValid,
-    /// `iss` differs from `auth.issuer`.
-    InvalidIssuer,
-    /// `aud` does not contain `auth.audience`.
-    InvalidAudience,
-    /// A required claim is absent.
-    MissingClaim,
-    /// `exp` lies further ahead than `auth.max_lifetime` (or past the year 9999).
-    TokenLifetime,
-    /// A valid token of another user than the one whose handshake opened the
-    /// Engine.IO session it names (`403`).
-    SessionMismatch,
-}
-
-impl ErrorCode {
-    /// Every code, for metrics and tests.
-    pub const ALL: [ErrorCode; 13] = [
-        ErrorCode::MissingToken,
-        ErrorCode::MalformedToken,
-        ErrorCode::TokenTooLarge,
-        ErrorCode::InvalidSignature,
-        ErrorCode::AlgorithmNotAllowed,
-        ErrorCode::UnknownKey,
-        ErrorCode::TokenExpired,
-        ErrorCode::TokenNotYetValid,
-        ErrorCode::InvalidIssuer,
-        ErrorCode::InvalidAudience,
-        ErrorCode::MissingClaim,
-        ErrorCode::TokenLifetime,
-        ErrorCode::SessionMismatch,
-    ];
-
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::MissingToken => "missing_token",
-            ErrorCode::MalformedToken => "malformed_token",
-            ErrorCode::TokenTooLarge => "token_too_large",
-            ErrorCode::InvalidSignature => "invalid_signature",
-            ErrorCode::AlgorithmNotAllowed => "algorithm_not_allowed",
-            ErrorCode::UnknownKey => "unknown_key",
-            ErrorCode::TokenExpired => "token_expired",
-            ErrorCode::TokenNotYetValid => "token_not_yet_valid",
-            ErrorCode::InvalidIssuer => "invalid_issuer",
-            ErrorCode::InvalidAudience => "invalid_audience",
-            ErrorCode::MissingClaim => "missing_claim",
-            ErrorCode::TokenLifetime => "token_lifetime",
-            ErrorCode::SessionMismatch => "session_mismatch",
-        }
-    }
-}
-
-/// A refused token: the code and a short sentence without quotes. The sentence never
-/// contains text from the token, so it is safe in a header and in a log line.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}: {reason}", code.as_str())]
-pub struct AuthError {
-    /// SPEC code.
-    pub code: ErrorCode,
-    /// Human reason.
-    pub reason: Cow<'static, str>,
-}
-
-impl AuthError {
-    /// Builds an error from a static sentence.
-    pub fn new(code: ErrorCode, reason: &'static str) -> Self {
-        AuthError {
-            code,
-            reason: Cow::Borrowed(reason),
-        }
-    }
-}
+pub use crate::refusal::{AuthError, ErrorCode};
 
 /// What a valid token tells the upstream.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,28 +60,11 @@ pub const LAST_EXP: f64 = 253_402_300_799.0;
 
 /// A `typ` value as RFC 7515 4.1.9 compares them: case-insensitive, `application/`
 /// optional.
-fn media_type(typ: &str) -> String {
+pub fn media_type(typ: &str) -> String {
     let lower = typ.trim().to_ascii_lowercase();
     match lower.strip_prefix("application/") {
         Some(rest) => rest.to_string(),
         None => lower,
-    }
-}
-
-impl Rules {
-    /// Builds rules from the validated settings.
-    pub fn new(s: &crate::config::Settings) -> Self {
-        Rules {
-            issuer: s.issuer.clone(),
-            audience: s.audience.clone(),
-            leeway: s.leeway.as_secs_f64(),
-            require_exp: s.require_exp,
-            max_token_bytes: s.max_token_bytes,
-            user_claim: s.user_claim.clone(),
-            forward_claims: s.forward_claims.clone(),
-            required_typ: s.required_typ.as_deref().map(media_type),
-            max_lifetime: s.max_lifetime.map(|d| d.as_secs_f64()),
-        }
     }
 }
 
@@ -385,7 +277,7 @@ fn check_claims(
 }
 
 /// `exp` and `nbf` against `now`, with the leeway.
-fn check_time(
+pub(crate) fn check_time(
     rules: &Rules,
     exp: Option<f64>,
     nbf: Option<f64>,
@@ -413,62 +305,6 @@ fn check_time(
         ));
     }
     Ok(())
-}
-
-/// A verified token, remembered with the key set it was verified with.
-#[derive(Debug)]
-struct Cached {
-    generation: u64,
-    verified: Verified,
-}
-
-/// Verification with a bounded cache of tokens that verified: a token seen again (every
-/// poll of a session carries the same one) skips decoding and the signature check, but
-/// `exp`/`nbf` are checked on every use, so the cache never extends a token's life; a
-/// key reload voids every entry. Keys are the whole token, compared in full.
-#[derive(Debug)]
-pub struct Verifier {
-    rules: Rules,
-    cache: Option<quick_cache::sync::Cache<Box<str>, std::sync::Arc<Cached>>>,
-}
-
-impl Verifier {
-    /// A verifier with room for `cache_entries` tokens (0: no cache).
-    pub fn new(rules: Rules, cache_entries: usize) -> Self {
-        Verifier {
-            rules,
-            cache: (cache_entries > 0).then(|| quick_cache::sync::Cache::new(cache_entries)),
-        }
-    }
-
-    /// The claim rules.
-    pub fn rules(&self) -> &Rules {
-        &self.rules
-    }
-
-    /// Verifies `token` with `keys` at `now` (seconds since the epoch).
-    pub fn verify(&self, keys: &KeySet, token: &str, now: f64) -> Result<Verified, AuthError> {
-        let Some(cache) = &self.cache else {
-            return verify(&self.rules, keys, token, now);
-        };
-        if token.len() <= self.rules.max_token_bytes {
-            if let Some(hit) = cache.get(token) {
-                if hit.generation == keys.generation() {
-                    check_time(&self.rules, hit.verified.exp, hit.verified.nbf, now)?;
-                    return Ok(hit.verified.clone());
-                }
-            }
-        }
-        let verified = verify(&self.rules, keys, token, now)?;
-        cache.insert(
-            token.into(),
-            std::sync::Arc::new(Cached {
-                generation: keys.generation(),
-                verified: verified.clone(),
-            }),
-        );
-        Ok(verified)
-    }
 }
 
 #[cfg(test)]

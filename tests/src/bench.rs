@@ -3,7 +3,7 @@
 //! system under test alone on CPU 0.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::SECRET;
@@ -118,15 +118,44 @@ pub async fn haproxy(dir: &Path, name: &str, upstream: SocketAddr, alg: &str, ke
     System::start(name, cmd, addr).await
 }
 
+/// Other builds of the gateway to measure beside the default one (e.g. with another
+/// global allocator): `GATEWAY_VARIANTS="jemalloc=/path/to/proxy,mimalloc=/path"`.
+pub fn gateway_variants() -> Vec<(String, PathBuf)> {
+    std::env::var("GATEWAY_VARIANTS")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| match v.split_once('=') {
+            Some((label, path)) => (label.trim().to_string(), PathBuf::from(path.trim())),
+            None => panic!("GATEWAY_VARIANTS: {v:?} is not label=path"),
+        })
+        .collect()
+}
+
 /// The gateway (`threads = 1`) on the SUT CPU.
 pub async fn gateway(dir: &Path, name: &str, upstream: SocketAddr, auth: &str) -> System {
+    gateway_build(dir, name, upstream, auth, &bin("proxy")).await
+}
+
+/// [`gateway`] from another build of the `proxy` binary.
+pub async fn gateway_build(
+    dir: &Path,
+    name: &str,
+    upstream: SocketAddr,
+    auth: &str,
+    program: &Path,
+) -> System {
     let addr = free_addr();
     let mut cfg = GatewayConfig::hs256(upstream).auth(auth);
     // HAProxy has no failure limit: measure the rejection path itself, not 429s.
     cfg.failure_limit = 0;
     let text = cfg.render(addr).replace("threads = 2", "threads = 1");
-    let file = write(dir, &format!("{name}.toml"), &text);
-    let mut cmd = pinned(SUT_CPU, &bin("proxy").display().to_string());
+    let file = write(
+        dir,
+        &format!("{}.toml", name.replace(['/', ' '], "_")),
+        &text,
+    );
+    let mut cmd = pinned(SUT_CPU, &program.display().to_string());
     cmd.arg("--config")
         .arg(&file)
         .env("JWT_SECRET", SECRET)

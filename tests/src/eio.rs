@@ -323,6 +323,12 @@ impl Ws {
     pub async fn try_open_and_join(&mut self) -> Option<Value> {
         let open = self.expect_or_closed().await?;
         assert!(open.starts_with("0{"), "not an open packet: {open}");
+        self.try_join().await
+    }
+
+    /// Joins `/` on a session whose open packet was read (or that was upgraded from
+    /// polling); returns `welcome`, `None` when the connection ended first.
+    pub async fn try_join(&mut self) -> Option<Value> {
         if !self.try_send("40").await {
             return None;
         }

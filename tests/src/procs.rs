@@ -272,10 +272,20 @@ impl Gateway {
 
     /// Like [`Gateway::start`] with a prepared directory (key files already inside).
     pub async fn start_in(cfg: &GatewayConfig, dir: tempfile::TempDir) -> Gateway {
+        Self::start_build(cfg, dir, &bin("proxy")).await
+    }
+
+    /// Like [`Gateway::start`] from another build of the `proxy` binary (benchmarks).
+    pub async fn start_program(cfg: &GatewayConfig, program: &Path) -> Gateway {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        Self::start_build(cfg, dir, program).await
+    }
+
+    async fn start_build(cfg: &GatewayConfig, dir: tempfile::TempDir, program: &Path) -> Gateway {
         let addr = free_addr();
         let file = dir.path().join("gateway.toml");
         std::fs::write(&file, cfg.render(addr)).unwrap_or_else(|e| panic!("write config: {e}"));
-        let mut cmd = Command::new(bin("proxy"));
+        let mut cmd = Command::new(program);
         cmd.arg("--config")
             .arg(&file)
             .env("JWT_SECRET", SECRET)

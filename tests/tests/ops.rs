@@ -155,6 +155,39 @@ fn check_accepts_the_repository_config_and_reports_every_problem_of_a_bad_one() 
     assert!(String::from_utf8_lossy(&out.stderr).contains("JWT_SECRET is not set"));
 }
 
+#[test]
+fn check_reports_a_mistyped_value_with_every_other_problem_and_names_a_missing_listen() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("gateway.toml");
+    std::fs::write(
+        &file,
+        "[proxy]\nlisten = \"127.0.0.1:1\"\nthreads = \"two\"\n[upstream]\nservers = [\"127.0.0.1:2\"]\n[auth]\nleeway = \"forever\"\nsecret_env = \"GATEWAY_TEST_UNSET_VARIABLE\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (code, _, err) = check(&file, None);
+    assert_eq!(code, 1, "{err}");
+    for expected in [
+        "3 problems",
+        "proxy.threads (line 3)",
+        "auth.leeway (line 7): invalid duration \"forever\"",
+        "auth.secret_env (line 8): environment variable GATEWAY_TEST_UNSET_VARIABLE is not set",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+
+    std::fs::write(
+        &file,
+        "[proxy]\nthreads = 1\n[upstream]\nservers = [\"127.0.0.1:2\"]\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (code, _, err) = check(&file, Some(SECRET));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("proxy.listen (line 1): is required") && !err.contains("missing field"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn upstream_down_gives_502_json_and_recovers_when_it_comes_back() {
     let addr = free_addr();

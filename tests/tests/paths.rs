@@ -118,3 +118,30 @@ async fn public_paths_are_exempt_only_for_plain_fetches() {
     assert_eq!(resp.status, 401, "public paths are exact");
     assert!(up.seen().is_empty(), "{:?}", up.seen());
 }
+
+#[tokio::test]
+async fn an_encoded_nul_anywhere_in_the_path_is_refused_even_with_a_valid_token() {
+    let up = Recorder::start().await;
+    let gw = Gateway::start(&GatewayConfig::hs256(up.addr)).await;
+    let t = valid("alice");
+    for path in [
+        "/socket.io/%00",
+        "/socket.io/x%00y/",
+        "/%00/socket.io/",
+        "/public/%00.js",
+    ] {
+        let resp = http1::get(
+            gw.addr,
+            &format!("{path}?EIO=4&transport=polling&token={t}"),
+            &[],
+        )
+        .await;
+        assert_eq!(resp.status, 400, "{path}: {}", resp.text());
+        assert!(resp.text().contains("NUL"), "{path}: {}", resp.text());
+        assert!(
+            up.seen().is_empty(),
+            "{path} reached the upstream: {:?}",
+            up.seen()
+        );
+    }
+}

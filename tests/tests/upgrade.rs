@@ -1,6 +1,7 @@
 //! Zero-downtime restarts: a new `proxy --upgrade` process takes over the listening
 //! socket from the running one (SIGQUIT), which drains and exits, while polling
-//! handshakes and WebSocket sessions keep flowing: nothing is refused, and the new
+//! handshakes and WebSocket sessions keep flowing: nothing is refused, a WebSocket
+//! opened before the handover keeps working while the old process drains, and the new
 //! configuration is in force afterwards.
 
 use std::process::Command;
@@ -26,6 +27,13 @@ async fn a_graceful_upgrade_to_a_new_config_refuses_nothing() {
         404,
         "not protected yet"
     );
+
+    // A WebSocket open before the upgrade: the old process keeps carrying it while it
+    // drains.
+    let mut held = Ws::connect(addr, &format!("token={}", valid("vera")), &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    held.open_and_join().await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let attempts = Arc::new(AtomicUsize::new(0));
@@ -81,6 +89,21 @@ async fn a_graceful_upgrade_to_a_new_config_refuses_nothing() {
     new.wait_for_line("waiting for the running gateway's listening sockets")
         .await;
     old.proc_.signal(Signal::SIGQUIT);
+    // Once the new process answers (the new config in force), the tunnel opened
+    // before the handover still carries messages through the old, draining one.
+    let handed_over = std::time::Instant::now();
+    while http1::get(addr, "/extra/page", &[]).await.status != 401 {
+        assert!(
+            handed_over.elapsed() < Duration::from_secs(4),
+            "the new process never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        held.echo(7, &serde_json::json!("across the handover"))
+            .await,
+        serde_json::json!("across the handover")
+    );
     let status = old
         .proc_
         .wait_exit(Duration::from_secs(15))

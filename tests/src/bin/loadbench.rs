@@ -6,6 +6,10 @@
 //! are interleaved (A B C A B C ...), `BENCH_ROUNDS` of each (default 3), and ratios are
 //! computed round by round, then their median reported.
 //!
+//! `GATEWAY_VARIANTS="label=/path/to/proxy,..."` adds other builds of the gateway (e.g.
+//! another global allocator) to the "valid HS256 c=50", "no token" and upstream-demo
+//! handshake scenarios.
+//!
 //! Run it with `bench/run` (builds first, checks the tools).
 
 use std::fmt::Write as _;
@@ -15,7 +19,10 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use tests::SECRET;
-use tests::bench::{LOAD_CPU, SUT_CPU, System, gateway, haproxy, nginx, pinned, write};
+use tests::bench::{
+    LOAD_CPU, SUT_CPU, System, gateway, gateway_build, gateway_variants, haproxy, nginx, pinned,
+    write,
+};
 use tests::procs::{Proc, bin, fixture, free_addr, wait_listening};
 use tests::tokens::{claims, hs256, private_key, sign};
 
@@ -189,6 +196,16 @@ async fn main() {
     .await;
     let ha_es = haproxy(dir, "haproxy+jwt ES256", trivial, "ES256", &ec_pub).await;
 
+    // Other builds of the gateway (GATEWAY_VARIANTS), beside it in three scenarios.
+    let mut variants = Vec::new();
+    for (label, program) in gateway_variants() {
+        let name = format!("gateway ({label})");
+        variants.push((
+            gateway_build(dir, &name, trivial, hs_auth, &program).await,
+            gateway_build(dir, &name, demo_addr, hs_auth, &program).await,
+        ));
+    }
+
     let mut long = claims("gonzalo");
     long["exp"] = json!(tests::tokens::now() + 24 * 3600);
     let valid = hs256(&long);
@@ -208,7 +225,9 @@ async fn main() {
             expect: 200,
             conns: c,
             systems: if c == 50 {
-                vec![&gw, &ha, &ngx, &gw_nc]
+                let mut v = vec![&gw, &ha, &ngx, &gw_nc];
+                v.extend(variants.iter().map(|(t, _)| t));
+                v
             } else {
                 vec![&gw, &ha, &ngx]
             },
@@ -227,15 +246,21 @@ async fn main() {
             query,
             expect: 401,
             conns: 50,
-            systems: vec![&gw, &ha],
+            systems: if what == "no token" {
+                let mut v = vec![&gw, &ha];
+                v.extend(variants.iter().map(|(t, _)| t));
+                v
+            } else {
+                vec![&gw, &ha]
+            },
         });
     }
     for (name, token, systems) in [
-        (
-            "valid HS256 -> upstream-demo handshake",
-            &valid,
-            vec![&gw_demo, &ha_demo, &ngx_demo],
-        ),
+        ("valid HS256 -> upstream-demo handshake", &valid, {
+            let mut v = vec![&gw_demo, &ha_demo, &ngx_demo];
+            v.extend(variants.iter().map(|(_, d)| d));
+            v
+        }),
         ("valid RS256 -> 200", &rs, vec![&gw_rs, &ha_rs, &gw_rs_nc]),
         ("valid ES256 -> 200", &es, vec![&gw_es, &ha_es, &gw_es_nc]),
     ] {

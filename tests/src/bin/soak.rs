@@ -6,8 +6,11 @@
 //! `target/release/soak [N ...]` (default: 1000 and the most the descriptor limit
 //! allows). Environment: `SOAK_HOLD` seconds to hold (default 10); `SOAK_IN_FLIGHT`
 //! connects in flight at once (default 64; 2000 makes each size a burst);
-//! `SOAK_DIRECT=1` connects the same clients straight to upstream-demo instead (for
-//! comparison); `SOAK_LOG` is the gateway's `RUST_LOG` (default `warn`),
+//! `SOAK_SYSTEMS` the systems to soak one after the other, a comma-separated list of
+//! `gateway` (two threads), `haproxy` (HAProxy 2.6 with `jwt_verify`, two threads)
+//! and `direct` (the clients straight to upstream-demo, whose memory is then measured),
+//! or `gateway:LABEL` for a build named in `GATEWAY_VARIANTS="LABEL=/path/to/proxy"`;
+//! default `gateway,haproxy`. `SOAK_LOG` is the gateway's `RUST_LOG` (default `warn`),
 //! `SOAK_LOG_FILE` a file to write its log to.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -19,8 +22,9 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use serde_json::json;
+use tests::bench::{gateway_variants, haproxy_conf, write};
 use tests::eio::{Recv, Ws};
-use tests::procs::{Demo, Gateway, GatewayConfig, rss_kib};
+use tests::procs::{Demo, Gateway, GatewayConfig, Proc, free_addr, rss_kib, wait_listening};
 use tests::tokens::{claims, hs256};
 use tokio::net::TcpSocket;
 use tokio::sync::{Mutex, Notify, Semaphore};
@@ -65,21 +69,84 @@ async fn open(addr: SocketAddr, i: usize, token: &str, direct: bool) -> Result<W
         .map_err(|e| e.to_string())
 }
 
-async fn run(n: usize, hold: Duration) -> Outcome {
+/// A system in front of upstream-demo (or none, for `direct`).
+enum Front {
+    Gateway(Gateway),
+    Haproxy {
+        proc_: Proc,
+        addr: SocketAddr,
+        /// Holds its configuration file until it stops.
+        _dir: tempfile::TempDir,
+    },
+    Direct,
+}
+
+impl Front {
+    async fn start(system: &str, demo: &Demo) -> Front {
+        match system {
+            "gateway" => {
+                let cfg = GatewayConfig::hs256(demo.addr)
+                    .proxy("shutdown_grace = \"1s\"")
+                    .rust_log(&std::env::var("SOAK_LOG").unwrap_or_else(|_| "warn".into()));
+                Front::Gateway(Gateway::start(&cfg).await)
+            }
+            "haproxy" => {
+                let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+                let addr = free_addr();
+                let conf = haproxy_conf(addr, demo.addr, "HS256", tests::SECRET)
+                    .replace("nbthread 1", "nbthread 2")
+                    .replace("maxconn 9000", "maxconn 9950");
+                let file = write(dir.path(), "soak.cfg", &conf);
+                let mut cmd = std::process::Command::new("haproxy");
+                cmd.arg("-db").arg("-f").arg(&file);
+                let p = Proc::spawn("haproxy", cmd);
+                wait_listening(addr, &p).await;
+                Front::Haproxy {
+                    proc_: p,
+                    addr,
+                    _dir: dir,
+                }
+            }
+            "direct" => Front::Direct,
+            variant if variant.starts_with("gateway:") => {
+                let label = &variant["gateway:".len()..];
+                let program = gateway_variants()
+                    .into_iter()
+                    .find(|(l, _)| l == label)
+                    .map(|(_, p)| p)
+                    .unwrap_or_else(|| panic!("soak: {label:?} is not in GATEWAY_VARIANTS"));
+                let cfg = GatewayConfig::hs256(demo.addr).proxy("shutdown_grace = \"1s\"");
+                Front::Gateway(Gateway::start_program(&cfg, &program).await)
+            }
+            other => panic!("soak: unknown system {other:?} (gateway, haproxy, direct)"),
+        }
+    }
+
+    /// Where clients connect and whose memory is measured.
+    fn target(&self, demo: &Demo) -> (SocketAddr, u32) {
+        match self {
+            Front::Gateway(gw) => (gw.addr, gw.proc_.pid()),
+            Front::Haproxy { proc_, addr, .. } => (*addr, proc_.pid()),
+            Front::Direct => (demo.addr, demo.proc_.pid()),
+        }
+    }
+
+    fn logs(&self) -> String {
+        match self {
+            Front::Gateway(gw) => gw.logs(),
+            Front::Haproxy { proc_, .. } => proc_.logs(),
+            Front::Direct => String::new(),
+        }
+    }
+}
+
+async fn run(system: &str, n: usize, hold: Duration) -> Outcome {
     let demo = Demo::start("25s").await;
-    let cfg = GatewayConfig::hs256(demo.addr)
-        .proxy("shutdown_grace = \"1s\"")
-        .rust_log(&std::env::var("SOAK_LOG").unwrap_or_else(|_| "warn".into()));
-    let gw = Gateway::start(&cfg).await;
-    // SOAK_DIRECT=1: the same clients straight to upstream-demo (memory is then
-    // upstream-demo's), to tell the gateway's share of any failure from the rest.
-    let direct = std::env::var("SOAK_DIRECT").is_ok_and(|v| v == "1");
-    let pid = if direct {
-        demo.proc_.pid()
-    } else {
-        gw.proc_.pid()
-    };
-    let target = if direct { demo.addr } else { gw.addr };
+    let front = Front::start(system, &demo).await;
+    // Straight to upstream-demo (memory is then upstream-demo's), to tell a front's
+    // share of any failure from the rest.
+    let direct = matches!(front, Front::Direct);
+    let (target, pid) = front.target(&demo);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_base = rss_kib(pid);
 
@@ -184,7 +251,7 @@ async fn run(n: usize, hold: Duration) -> Outcome {
             failures.len(),
             &failures[..failures.len().min(3)]
         );
-        for (name, logs) in [("gateway", gw.logs()), ("upstream-demo", demo.proc_.logs())] {
+        for (name, logs) in [(system, front.logs()), ("upstream-demo", demo.proc_.logs())] {
             let lines: Vec<&str> = logs.lines().collect();
             for l in &lines[lines.len().saturating_sub(8)..] {
                 eprintln!("  {name}: {l}");
@@ -192,7 +259,7 @@ async fn run(n: usize, hold: Duration) -> Outcome {
         }
     }
     if let Ok(file) = std::env::var("SOAK_LOG_FILE") {
-        if let Err(e) = std::fs::write(&file, gw.logs()) {
+        if let Err(e) = std::fs::write(&file, front.logs()) {
             eprintln!("soak: cannot write {file}: {e}");
         }
     }
@@ -200,7 +267,7 @@ async fn run(n: usize, hold: Duration) -> Outcome {
     connect.sort();
     let mut echo = echoes.lock().await.clone();
     echo.sort();
-    drop(gw);
+    drop(front);
     drop(demo);
     Outcome {
         n,
@@ -241,27 +308,30 @@ async fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(10),
     );
+    let systems = std::env::var("SOAK_SYSTEMS").unwrap_or_else(|_| "gateway,haproxy".into());
     println!("descriptor limit {hard}; hold {hold:?}; echo sample {ECHO_SAMPLE}\n");
     println!(
-        "| connections | welcomed | failed | connect p50 ms | connect p99 ms | echo p99 ms | lost while held | gateway RSS idle -> loaded -> after close (MiB) | KiB per connection |"
+        "| system | connections | welcomed | failed | connect p50 ms | connect p99 ms | echo p99 ms | lost while held | RSS idle -> loaded -> after close (MiB) | KiB per connection |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for n in sizes {
-        let o = run(n, hold).await;
-        let per = (o.rss_loaded.saturating_sub(o.rss_base)) as f64 / o.n as f64;
-        println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {:.1} -> {:.1} -> {:.1} | {:.2} |",
-            o.n,
-            o.welcomed,
-            o.failures.len(),
-            pct(&o.connect, 0.5).as_secs_f64() * 1000.0,
-            pct(&o.connect, 0.99).as_secs_f64() * 1000.0,
-            pct(&o.echo, 0.99).as_secs_f64() * 1000.0,
-            o.lost,
-            o.rss_base as f64 / 1024.0,
-            o.rss_loaded as f64 / 1024.0,
-            o.rss_after as f64 / 1024.0,
-            per
-        );
+        for system in systems.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let o = run(system, n, hold).await;
+            let per = (o.rss_loaded.saturating_sub(o.rss_base)) as f64 / o.n as f64;
+            println!(
+                "| {system} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {:.1} -> {:.1} -> {:.1} | {:.2} |",
+                o.n,
+                o.welcomed,
+                o.failures.len(),
+                pct(&o.connect, 0.5).as_secs_f64() * 1000.0,
+                pct(&o.connect, 0.99).as_secs_f64() * 1000.0,
+                pct(&o.echo, 0.99).as_secs_f64() * 1000.0,
+                o.lost,
+                o.rss_base as f64 / 1024.0,
+                o.rss_loaded as f64 / 1024.0,
+                o.rss_after as f64 / 1024.0,
+                per
+            );
+        }
     }
 }

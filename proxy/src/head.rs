@@ -1,0 +1,301 @@
+//! HTTP/1 heads the gateway reads and writes itself (README "WebSockets"): every
+//! request head of a client connection, read bounded in size ([`MAX_HEAD`]) and in time
+//! (a deadline for the whole head, however it is trickled) and scanned once; the
+//! upgrade request as written upstream; and the upstream's answer head.
+
+use std::time::Duration;
+
+use http::header;
+use pingora::http::{RequestHeader, ResponseHeader};
+use tokio::net::TcpStream;
+
+use crate::conn::Conn;
+
+/// Largest request or response head read (`431` past it for a request).
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// How long a connection may stay silent before its next request head starts (as
+/// Pingora's keep-alive and idle timeout).
+pub const IDLE: Duration = Duration::from_secs(60);
+
+/// How long a request head may take from its first byte to its end, however it is
+/// trickled (a deadline for the whole head, not for each read).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the upstream may take to answer an upgrade.
+pub const UPSTREAM_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A request head read from the client.
+#[derive(Debug)]
+pub struct Head {
+    /// Length of the head in the connection's read-ahead bytes.
+    pub len: usize,
+    /// Whether it asks for a WebSocket upgrade: carried here.
+    pub upgrade: bool,
+}
+
+/// Why no head was read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoHead {
+    /// The connection closed or stayed idle between requests: nothing to answer.
+    Closed,
+    /// The head grew past [`MAX_HEAD`]: `431`.
+    TooLarge,
+    /// The head did not end within [`HEAD_TIMEOUT`]: closed.
+    TooSlow,
+    /// Not HTTP/1.x: handed to Pingora, whose parser answers it.
+    Unparsable,
+}
+
+/// Where the head ends in `buf`, looking only at bytes from `from` on (minus the
+/// three that could start the blank line): each byte is scanned once however the head
+/// is trickled.
+pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(3);
+    let mut i = start;
+    while let Some(p) = buf[i..].iter().position(|b| *b == b'\n') {
+        let nl = i + p;
+        match buf.get(nl + 1) {
+            Some(b'\n') => return Some(nl + 2),
+            Some(b'\r') if buf.get(nl + 2) == Some(&b'\n') => return Some(nl + 3),
+            _ => i = nl + 1,
+        }
+    }
+    None
+}
+
+/// Reads the next request head into `conn`'s read-ahead bytes: the first byte within
+/// [`IDLE`], the whole head within [`HEAD_TIMEOUT`] of it, at most [`MAX_HEAD`] bytes.
+pub async fn read_head(conn: &mut Conn) -> Result<Head, NoHead> {
+    let mut scanned = 0;
+    let mut deadline = None;
+    loop {
+        let ahead = conn.ahead();
+        if !ahead.is_empty() {
+            if let Some(len) = head_end(ahead, scanned) {
+                if len > MAX_HEAD {
+                    return Err(NoHead::TooLarge);
+                }
+                return Ok(Head {
+                    len,
+                    upgrade: asks_upgrade(&ahead[..len]),
+                });
+            }
+            if ahead.len() > MAX_HEAD {
+                return Err(NoHead::TooLarge);
+            }
+            // Bytes no request head can hold (a TLS hello, garbage): let Pingora's
+            // parser answer them now rather than wait for a head that never ends.
+            if !ahead[0].is_ascii_alphabetic() || ahead[scanned..].iter().any(|b| never_in_head(*b))
+            {
+                return Err(NoHead::Unparsable);
+            }
+            scanned = ahead.len();
+        }
+        let limit = *deadline.get_or_insert_with(|| {
+            let wait = if ahead.is_empty() { IDLE } else { HEAD_TIMEOUT };
+            tokio::time::Instant::now() + wait
+        });
+        // Pingora's coarse shared timers: no timer-wheel entry per read.
+        let left = limit.saturating_duration_since(tokio::time::Instant::now());
+        match pingora::prelude::fast_timeout::fast_timeout(left, conn.read_ahead()).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(NoHead::Closed),
+            Ok(Ok(_)) => {
+                if scanned == 0 {
+                    // The head's first bytes: from now on the head deadline runs.
+                    deadline = Some(tokio::time::Instant::now() + HEAD_TIMEOUT);
+                }
+            }
+            Err(_) if conn.ahead().is_empty() => return Err(NoHead::Closed),
+            Err(_) => return Err(NoHead::TooSlow),
+        }
+    }
+}
+
+/// A byte that never appears in an HTTP/1 head: controls other than tab, CR and LF.
+fn never_in_head(b: u8) -> bool {
+    (b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n')) || b == 0x7f
+}
+
+/// Whether a complete head asks for a WebSocket upgrade: an `Upgrade` header line (any
+/// case) naming `websocket`. A scan of the line starts, without parsing: every other
+/// request goes to Pingora, whose parser reads the head anyway and answers what is
+/// malformed, and whose upstream policy drops other upgrades (`h2c`).
+pub fn asks_upgrade(head: &[u8]) -> bool {
+    const NAME: &[u8] = b"upgrade:";
+    const WEBSOCKET: &[u8] = b"websocket";
+    head.split(|b| *b == b'\n').skip(1).any(|line| {
+        line.len() > NAME.len()
+            && line[..NAME.len()].eq_ignore_ascii_case(NAME)
+            && line[NAME.len()..]
+                .windows(WEBSOCKET.len())
+                .any(|w| w.eq_ignore_ascii_case(WEBSOCKET))
+    })
+}
+
+/// The parsed head of an upgrade request.
+pub fn parse_request(head: &[u8]) -> Option<RequestHeader> {
+    let mut headers = [httparse::EMPTY_HEADER; 256];
+    let mut req = httparse::Request::new(&mut headers);
+    let Ok(httparse::Status::Complete(_)) = req.parse(head) else {
+        return None;
+    };
+    let method = http::Method::from_bytes(req.method?.as_bytes()).ok()?;
+    let mut out =
+        RequestHeader::build(method, req.path?.as_bytes(), Some(req.headers.len())).ok()?;
+    if req.version != Some(1) {
+        out.set_version(http::Version::HTTP_10);
+    }
+    for h in req.headers.iter() {
+        let name = http::HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = http::HeaderValue::from_bytes(h.value).ok()?;
+        out.append_header(name, value).ok()?;
+    }
+    Some(out)
+}
+
+/// An answer serialized for a connection that closes after it.
+pub fn serialize(head: &ResponseHeader, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + body.len());
+    let status = head.status;
+    out.extend_from_slice(
+        format!(
+            "HTTP/1.1 {} {}\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        )
+        .as_bytes(),
+    );
+    push_headers(&mut out, &head.headers);
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+/// Drops hop-by-hop headers (RFC 9110 7.6.1): those `Connection` names (other than
+/// `upgrade`) and the standard ones; the upgrade itself is kept.
+pub fn strip_hop_by_hop(req: &mut RequestHeader) {
+    let named: Vec<http::HeaderName> = req
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"upgrade"))
+        .filter_map(|t| http::HeaderName::from_bytes(t).ok())
+        .collect();
+    for name in named {
+        req.remove_header(&name);
+    }
+    for name in ["keep-alive", "proxy-connection", "te", "trailer"] {
+        req.remove_header(name);
+    }
+    req.remove_header(&header::PROXY_AUTHORIZATION);
+    req.remove_header(&header::TRANSFER_ENCODING);
+    let _ = req.insert_header(header::CONNECTION, "Upgrade");
+}
+
+/// The request head as written upstream (HTTP/1.1, headers in order).
+pub fn request_bytes(req: &RequestHeader) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.raw_path());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    push_headers(&mut out, &req.headers);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Header lines, `name: value\r\n` each.
+pub fn push_headers(out: &mut Vec<u8>, headers: &http::HeaderMap) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The upstream's answer head and the bytes that came with it.
+#[derive(Debug)]
+pub struct Received {
+    /// The head and whatever followed it in the same reads.
+    pub bytes: Vec<u8>,
+    /// Length of the head in `bytes`.
+    pub head_len: usize,
+    /// The answer's `Content-Length`, if it has one.
+    pub content_length: Option<u64>,
+}
+
+/// Reads the upstream's answer head; `Err(true)` on timeout, `Err(false)` when the
+/// upstream closed, failed or sent no HTTP/1.x answer.
+pub async fn read_response_head(upstream: &mut TcpStream) -> Result<(u16, Received), bool> {
+    let read = async {
+        let mut bytes = Vec::with_capacity(1024);
+        let mut scanned = 0;
+        loop {
+            if let Some(head_len) = head_end(&bytes, scanned) {
+                let mut headers = [httparse::EMPTY_HEADER; 128];
+                let mut resp = httparse::Response::new(&mut headers);
+                return match resp.parse(&bytes[..head_len]) {
+                    Ok(httparse::Status::Complete(_)) => {
+                        let content_length = resp
+                            .headers
+                            .iter()
+                            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                            .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok());
+                        let code = resp.code.unwrap_or(502);
+                        Ok((
+                            code,
+                            Received {
+                                bytes,
+                                head_len,
+                                content_length,
+                            },
+                        ))
+                    }
+                    _ => Err(false),
+                };
+            }
+            if bytes.len() > MAX_HEAD {
+                return Err(false);
+            }
+            scanned = bytes.len();
+            bytes.reserve(1024);
+            match tokio::io::AsyncReadExt::read_buf(upstream, &mut bytes).await {
+                Ok(0) | Err(_) => return Err(false),
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(UPSTREAM_HEAD_TIMEOUT, read)
+        .await
+        .unwrap_or(Err(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_end_of_a_head_is_found_once_whatever_the_cut() {
+        let head = b"GET /socket.io/?EIO=4 HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\nEXTRA";
+        let end = head.len() - "EXTRA".len();
+        assert_eq!(head_end(head, 0), Some(end));
+        for cut in 0..head.len() {
+            let first = head_end(&head[..cut], 0);
+            if cut < end {
+                assert_eq!(first, None, "cut {cut}");
+                assert_eq!(head_end(head, cut), Some(end), "cut {cut}");
+            }
+        }
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\n", 0), Some(24));
+        assert!(asks_upgrade(&head[..end]));
+        assert!(!asks_upgrade(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        let h2c = b"GET / HTTP/1.1\r\nUpgrade: h2c\r\nUpgrade-Insecure-Requests: 1\r\n\r\n";
+        assert!(!asks_upgrade(h2c));
+        let upper = b"GET / HTTP/1.1\r\nUPGRADE:WebSocket\r\n\r\n";
+        assert!(asks_upgrade(upper));
+    }
+}

@@ -1,0 +1,316 @@
+//! Pingora's HTTP phases (README "What the gateway does to a request"): every request
+//! that is not a WebSocket upgrade ([`crate::tunnel`] carries those). One struct
+//! implements [`ProxyHttp`] around the shared [`Gateway`], per-request state lives in
+//! [`RequestCtx`], and each phase's doc comment says what it decides.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header;
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use pingora::protocols::http::error_resp;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{ErrorSource, ErrorType};
+
+use crate::decision::{Answer, Decision, Outcome};
+use crate::engineio::{EngineRequest, Handshake, Scan};
+use crate::gateway::{Gateway, InFlightGuard};
+use crate::socketio;
+use crate::verify::AuthError;
+
+/// Per-request state on Pingora's HTTP path.
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// Decision taken in `request_filter`.
+    pub outcome: Outcome,
+    /// Whether the upstream could not be reached.
+    pub upstream_failed: bool,
+    /// Hash of the sticky key (`upstream.sticky`): every request of one Engine.IO
+    /// session carries the same token, user and address, so it reaches the same server.
+    pub sticky: u64,
+    /// An authenticated polling handshake: its answer names the new session, which is
+    /// then bound to the user (and the server it went to).
+    pub handshake: Option<Handshake>,
+    /// The Engine.IO session of the request, with several servers.
+    pub sid: Option<Box<str>>,
+    /// The identity headers to send upstream, set in the last phase before the request
+    /// is written (`upstream_request_filter`), after Pingora's hop-by-hop sanitizing.
+    pub identity: Vec<(http::HeaderName, http::HeaderValue)>,
+    _in_flight: InFlightGuard,
+}
+
+/// Reads a request body of at most `limit` bytes (the rest is dropped).
+async fn read_body(session: &mut Session, limit: usize) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        let room = limit.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+    Ok(body)
+}
+
+/// Pingora's HTTP phases, for every request that is not an upgrade (the tunnel,
+/// [`crate::tunnel`], carries those), around the shared [`Gateway`].
+#[derive(Debug, Clone)]
+pub struct HttpPath(pub Arc<Gateway>);
+
+#[async_trait]
+impl ProxyHttp for HttpPath {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx {
+            outcome: Outcome::Undecided,
+            upstream_failed: false,
+            sticky: 0,
+            handshake: None,
+            sid: None,
+            identity: Vec::new(),
+            _in_flight: self.0.enter(),
+        }
+    }
+
+    /// Decides the request with [`Gateway::authenticate`] (the same decision the
+    /// upgrade tunnel makes): answers it here (`Ok(true)`), or keeps what forwarding
+    /// needs in the context.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        match self.0.authenticate(session.req_header_mut(), client)? {
+            Decision::Forward(f) => {
+                ctx.outcome = f.outcome;
+                ctx.identity = f.identity;
+                ctx.sticky = f.sticky;
+                ctx.handshake = f.handshake;
+                ctx.sid = f.sid;
+                Ok(false)
+            }
+            Decision::Answer(answer) => {
+                ctx.outcome = answer.outcome;
+                self.write_answer(session, answer).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// The upstream server ([`Gateway::pick_upstream`]); none healthy: `502`.
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        let sid = ctx.sid.as_deref();
+        let Some((addr, _)) = self
+            .0
+            .pick_upstream(sid, ctx.sticky, ctx.handshake.as_mut())
+        else {
+            return Err(Error::create(
+                ErrorType::ConnectNoRoute,
+                ErrorSource::Upstream,
+                Some("no healthy upstream server".into()),
+                None,
+            ));
+        };
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(self.0.settings().upstream.connect_timeout);
+        peer.options.total_connection_timeout = Some(self.0.settings().upstream.connect_timeout);
+        Ok(Box::new(peer))
+    }
+
+    /// The request as it is written upstream, after Pingora's hop-by-hop sanitizing:
+    /// the identity headers are set here, last, so that nothing can remove them.
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        for (name, value) in &ctx.identity {
+            upstream_request.insert_header(name.clone(), value.clone())?;
+        }
+        Ok(())
+    }
+
+    /// The answer to a handshake binds the session it opens to the handshake's user
+    /// (and server), before the client can send a request of that session.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<Duration>> {
+        if let (Some(handshake), Some(chunk)) = (ctx.handshake.as_mut(), body.as_ref()) {
+            match handshake.feed(chunk) {
+                Scan::More => {}
+                Scan::Sid(sid) => {
+                    if let Some(h) = ctx.handshake.take() {
+                        self.0.session_opened(&sid, h);
+                    }
+                }
+                Scan::None => ctx.handshake = None,
+            }
+        }
+        Ok(None)
+    }
+
+    /// Upstream unreachable or timing out: `502`/`504` with a JSON body (README "What
+    /// the gateway does to a request", 10).
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
+        let upstream = e.esource() == &ErrorSource::Upstream;
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if upstream =>
+            {
+                504
+            }
+            _ if upstream => 502,
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => 0,
+            _ if e.esource() == &ErrorSource::Downstream => 400,
+            _ => 500,
+        };
+        if code == 502 || code == 504 {
+            ctx.upstream_failed = true;
+            session.set_keepalive(None);
+            let answer = Answer::upstream_unavailable(code == 504);
+            if let Err(err) = self.write_answer(session, answer).await {
+                tracing::debug!("could not send the {code} response: {err}");
+            }
+        } else if code > 0 {
+            let resp = error_resp::gen_error_response(code);
+            let _ = session.write_error_response(resp, Bytes::new()).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Counts the request in the metrics, then one log line per request: rejections at
+    /// `info` (reason, client, redacted path), everything else at `debug`.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        self.0.count(ctx.outcome, ctx.upstream_failed);
+        // The line is built only when its level is on: redacting and formatting cost
+        // more than the rest of a refusal.
+        let on = match ctx.outcome {
+            Outcome::Rejected(_) | Outcome::BadRequest => tracing::enabled!(tracing::Level::INFO),
+            _ => tracing::enabled!(tracing::Level::DEBUG),
+        };
+        if !on {
+            return;
+        }
+        let client = session
+            .client_addr()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let request = self.0.summary(session.req_header());
+        if !self.0.log_refusal(ctx.outcome, &client, &request) {
+            tracing::debug!(
+                outcome = ?ctx.outcome,
+                client,
+                request,
+                status = session.response_written().map_or(0, |r| r.status.as_u16()),
+                error = e.map(|e| e.etype().as_str()),
+                upstream_failed = ctx.upstream_failed,
+                "done"
+            );
+        }
+    }
+
+    /// Pingora's error log line names the request: with tokens redacted.
+    fn request_summary(&self, session: &Session, _ctx: &Self::CTX) -> String {
+        self.0.summary(session.req_header())
+    }
+}
+
+impl HttpPath {
+    /// Writes an answer on Pingora's HTTP path. The connection stays open for the next
+    /// request when the refused request had no body (nothing left to drain), as HAProxy
+    /// and nginx do; otherwise it is closed.
+    async fn write_answer(&self, session: &mut Session, answer: Answer) -> Result<()> {
+        if let Some((kind, err)) = &answer.socketio {
+            return self.refuse_socketio(session, err, kind.clone()).await;
+        }
+        let req = session.req_header();
+        let origin = req.headers.get(header::ORIGIN);
+        let head = answer.head(origin, &self.0.settings().auth.cors_origins)?;
+        let has_body = req.headers.contains_key(header::TRANSFER_ENCODING)
+            || req
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+        if has_body {
+            session.set_keepalive(None);
+        }
+        session.write_response_header(Box::new(head), false).await?;
+        session.write_response_body(Some(answer.body), true).await
+    }
+
+    /// A refusal in socket.io's terms on the HTTP path (README "Refusals the socket.io
+    /// client understands", [`socketio`]). WebSocket handshakes are refused by the
+    /// tunnel ([`crate::tunnel`]).
+    async fn refuse_socketio(
+        &self,
+        session: &mut Session,
+        err: &AuthError,
+        kind: EngineRequest,
+    ) -> Result<()> {
+        const TEXT: &str = "text/plain; charset=UTF-8";
+        let plain = |status: u16, content_type: &'static str, body: Bytes| Answer {
+            status,
+            content_type,
+            header: None,
+            body,
+            outcome: Outcome::Rejected(err.code),
+            socketio: None,
+        };
+        let answer = match kind {
+            EngineRequest::PollingHandshake => {
+                plain(200, TEXT, Bytes::from(self.0.refusals().open(err)))
+            }
+            EngineRequest::Session { sid, post: true } => match self.0.refusals().get(&sid) {
+                Some(refused) => {
+                    let body = read_body(session, 64 * 1024).await?;
+                    refused.take_post(&body);
+                    plain(200, TEXT, Bytes::from_static(b"ok"))
+                }
+                // Not a session refused here: the token of an established session no
+                // longer passes. Engine.IO's answer to a POST it can not take; the
+                // client closes the transport and reconnects.
+                None => {
+                    session.set_keepalive(None);
+                    let body = Bytes::from_static(br#"{"code":1,"message":"Session ID unknown"}"#);
+                    plain(400, "application/json", body)
+                }
+            },
+            EngineRequest::Session { sid, post: false } => {
+                let answer = match self.0.refusals().get(&sid) {
+                    Some(refused) => {
+                        let answer = refused.wait_answer().await;
+                        self.0.refusals().remove(&sid);
+                        answer
+                    }
+                    None => None,
+                };
+                let body = answer.unwrap_or_else(|| socketio::CLOSE_PACKET.to_string());
+                plain(200, TEXT, Bytes::from(body))
+            }
+            EngineRequest::WebSocketHandshake => {
+                // Upgrades never reach Pingora's phases (the tunnel takes them).
+                plain(400, TEXT, Bytes::from_static(b"upgrade expected"))
+            }
+        };
+        Box::pin(self.write_answer(session, answer)).await
+    }
+}

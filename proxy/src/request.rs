@@ -1,0 +1,182 @@
+//! What the gateway checks and rewrites in a request head before deciding it (README
+//! "What the gateway does to a request", 1): framings a server behind it could read
+//! differently, client copies of the identity headers under any spelling, a
+//! `Connection` header that would remove headers the gateway sets, and the target
+//! split into path and query and joined again after rewriting.
+
+use http::{HeaderName, header};
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+
+use crate::token::{self, Location};
+
+/// The path and the query (without `?`) of a request target.
+pub fn split_target(target: &[u8]) -> (&[u8], Option<&[u8]>) {
+    match target.iter().position(|b| *b == b'?') {
+        Some(i) => (&target[..i], Some(&target[i + 1..])),
+        None => (target, None),
+    }
+}
+
+/// A request target from a path and a query (an empty query is left out).
+pub fn join_target(path: &[u8], query: Option<&[u8]>) -> Vec<u8> {
+    let mut t = Vec::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+    t.extend_from_slice(path);
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        t.push(b'?');
+        t.extend_from_slice(q);
+    }
+    t
+}
+
+/// Refuses message framings a server behind us could read differently (request
+/// smuggling, RFC 9112 6.1 and 6.3): more than one `Content-Length` or
+/// `Transfer-Encoding`, a `Content-Length` that is not one number, and any transfer
+/// coding other than plain `chunked`. (With both `Content-Length` and
+/// `Transfer-Encoding`, Pingora's parser has already dropped the length, as RFC 9112
+/// 6.3 says, and closes the connection after the response.)
+pub fn framing_problem(req: &RequestHeader) -> Option<&'static str> {
+    let lengths = req.headers.get_all(header::CONTENT_LENGTH);
+    if lengths
+        .iter()
+        .any(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit))
+    {
+        return Some("Content-Length must be a single number");
+    }
+    let mut te_count = 0;
+    for v in req.headers.get_all(header::TRANSFER_ENCODING) {
+        te_count += 1;
+        if !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            return Some("only the chunked transfer coding is accepted");
+        }
+    }
+    if te_count > 1 {
+        return Some("Transfer-Encoding is given more than once");
+    }
+    if lengths.iter().count() > 1 {
+        return Some("Content-Length is given more than once");
+    }
+    None
+}
+
+/// A header-name byte as servers that fold names compare it: lower case, `_` as `-`.
+fn fold_header_byte(b: u8) -> u8 {
+    if b == b'_' {
+        b'-'
+    } else {
+        b.to_ascii_lowercase()
+    }
+}
+
+/// The names of the identity headers the gateway owns, lower-case with `-`, to catch
+/// client copies under any spelling a server may fold into them (case, `_` for `-`).
+#[derive(Debug)]
+pub struct IdentityNames(Vec<Vec<u8>>);
+
+impl IdentityNames {
+    /// From the identity header names.
+    pub fn new<'a>(names: impl Iterator<Item = &'a HeaderName>) -> Self {
+        IdentityNames(names.map(|h| h.as_str().as_bytes().to_vec()).collect())
+    }
+
+    /// Whether `name` is a spelling of an identity header that some server reads as
+    /// that header: any letter case, `_` for `-`.
+    fn is_spelling(&self, name: &[u8]) -> bool {
+        self.0.iter().any(|id| {
+            id.len() == name.len() && id.iter().zip(name).all(|(a, b)| *a == fold_header_byte(*b))
+        })
+    }
+
+    /// Removes every client copy of the identity headers, under every spelling.
+    pub fn remove_copies(&self, req: &mut RequestHeader) {
+        let copies: Vec<HeaderName> = req
+            .headers
+            .keys()
+            .filter(|n| self.is_spelling(n.as_str().as_bytes()))
+            .cloned()
+            .collect();
+        for name in copies {
+            req.remove_header(&name);
+        }
+    }
+
+    /// A `Connection` header naming a header the gateway sets (the identity headers) or
+    /// one that frames or routes the message: proxies strip what `Connection` names
+    /// (RFC 9110 7.6.1), so honouring it would let a client delete them.
+    pub fn connection_problem(&self, req: &RequestHeader) -> Option<&'static str> {
+        let named = req
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii);
+        for token in named {
+            let framing = [&b"host"[..], b"content-length", b"transfer-encoding"]
+                .iter()
+                .any(|h| token.eq_ignore_ascii_case(h));
+            if framing || self.is_spelling(token) {
+                return Some(
+                    "the Connection header names a header the gateway sets or frames with",
+                );
+            }
+        }
+        None
+    }
+}
+
+/// Removes the token from where it was found (`auth.strip_token`); a token in the
+/// query comes back as the new query.
+pub fn strip_token(
+    req: &mut RequestHeader,
+    location: Location,
+    query: Option<&[u8]>,
+) -> Result<Option<Vec<u8>>> {
+    match location {
+        Location::Query(range) => {
+            return Ok(Some(token::strip_query(query.unwrap_or_default(), range)));
+        }
+        Location::Authorization => {
+            req.remove_header(&header::AUTHORIZATION);
+        }
+        Location::Header(name) => {
+            req.remove_header(&name);
+        }
+        Location::Cookie(name) => {
+            let kept = req
+                .headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .filter_map(|v| token::strip_cookie(v, &name))
+                .collect::<Vec<_>>()
+                .join("; ");
+            req.remove_header(&header::COOKIE);
+            if !kept.is_empty() {
+                req.insert_header(header::COOKIE, kept)?;
+            }
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_spellings_fold_case_and_underscore() {
+        assert_eq!(fold_header_byte(b'_'), b'-');
+        assert_eq!(fold_header_byte(b'X'), b'x');
+        let names = IdentityNames::new([HeaderName::from_static("x-auth-user")].iter());
+        assert!(names.is_spelling(b"X_Auth-USER"));
+        assert!(!names.is_spelling(b"x-auth-users"));
+    }
+
+    #[test]
+    fn targets_split_and_join() {
+        assert_eq!(split_target(b"/a?b=1"), (&b"/a"[..], Some(&b"b=1"[..])));
+        assert_eq!(split_target(b"/a"), (&b"/a"[..], None));
+        assert_eq!(join_target(b"/a", Some(b"")), b"/a");
+        assert_eq!(join_target(b"/a", Some(b"x=1")), b"/a?x=1");
+    }
+}
