@@ -2,7 +2,7 @@
 //! several, the server an Engine.IO session lives on while it is healthy, else the
 //! healthy server its sticky key hashes to (Ketama consistent hashing).
 
-use std::hash::{Hash, Hasher};
+use std::hash::Hasher;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -34,11 +34,14 @@ impl std::fmt::Debug for Upstreams {
     }
 }
 
-/// The sticky key, hashed with a fixed-key hasher so that every gateway process (also
-/// after a graceful upgrade) maps a key to the same server.
+/// The sticky key hashed with FNV-1a (64-bit) over exactly its bytes: a specified
+/// function, unlike `std`'s `DefaultHasher`, whose algorithm may change between Rust
+/// releases. Every gateway process, of any build, behind the same load balancer or
+/// after a graceful upgrade, maps a key to the same point of the same Ketama ring, so
+/// to the same server (README "Running in production at scale").
 fn sticky_hash(bytes: &[u8]) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    bytes.hash(&mut h);
+    let mut h = fnv::FnvHasher::default();
+    h.write(bytes);
     h.finish()
 }
 
@@ -107,5 +110,18 @@ impl Upstreams {
                 Some((addr, Some(chosen)))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sticky_hash_is_fnv_1a_64() {
+        // Reference values of the FNV-1a 64-bit function.
+        assert_eq!(sticky_hash(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(sticky_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(sticky_hash(b"foobar"), 0x8594_4171_f739_67e8);
     }
 }

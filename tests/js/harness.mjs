@@ -68,13 +68,19 @@ function waitListening(port, proc) {
 }
 
 function launch(name, args, env = {}) {
-  const child = spawn(bin(name), args, {
+  return launchProgram(name, bin(name), args, env);
+}
+
+function launchProgram(name, program, args, env = {}) {
+  const child = spawn(program, args, {
     env: { ...process.env, JWT_SECRET: SECRET, RUST_LOG: "info", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let out = "";
   child.stdout.on("data", (d) => (out += d));
   child.stderr.on("data", (d) => (out += d));
+  // A missing program is reported by the readiness wait, with this in the logs.
+  child.on("error", (e) => (out += `cannot start ${program}: ${e.message}\n`));
   const proc = {
     name,
     child,
@@ -111,11 +117,12 @@ export function scratch() {
  * Starts upstream-demo. `dir` holds its config and session database, so that a
  * restart with the same `dir` and `port` keeps signed-in sessions.
  */
-export async function startDemo({ dir = scratch(), port = 0, tokenTtl = "60s", pingInterval = "25s" } = {}) {
+export async function startDemo({ dir = scratch(), port = 0, tokenTtl = "60s", pingInterval = "25s", redisUrl = "" } = {}) {
   const file = path.join(dir, "demo.toml");
   writeFileSync(
     file,
     `[demo]
+${redisUrl ? `redis_url = "${redisUrl}"` : ""}
 listen = "127.0.0.1:${port}"
 token_ttl = "${tokenTtl}"
 ping_interval = "${pingInterval}"
@@ -141,8 +148,22 @@ audience = "socket.io"
   return { proc, dir, port: Number(match[1]) };
 }
 
-/** Starts the gateway in front of `upstreamPort`; `auth` adds `[auth]` lines. */
-export async function startGateway({ upstreamPort, auth = "", audience = "socket.io" }) {
+/**
+ * Starts Debian's `redis-server` on a free port, without persistence. Throws when it is
+ * not installed (tests/run and .ci/run check or install it first).
+ */
+export async function startRedis({ port } = {}) {
+  port ??= await freePort();
+  const proc = launchProgram("redis-server", "redis-server", [
+    "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+  ]);
+  await waitListening(port, proc);
+  return { proc, port, url: `redis://127.0.0.1:${port}` };
+}
+
+/** Starts the gateway in front of `upstreamPort` (or all of `upstreamPorts`); `auth`
+ * adds `[auth]` lines, `upstream` adds `[upstream]` lines. */
+export async function startGateway({ upstreamPort, upstreamPorts, upstream = "", auth = "", audience = "socket.io" }) {
   const dir = scratch();
   const port = await freePort();
   const file = path.join(dir, "gateway.toml");
@@ -154,7 +175,8 @@ threads = 2
 shutdown_grace = "1s"
 
 [upstream]
-servers = ["127.0.0.1:${upstreamPort}"]
+servers = [${(upstreamPorts ?? [upstreamPort]).map((p) => `"127.0.0.1:${p}"`).join(", ")}]
+${upstream}
 
 [auth]
 algorithms = ["HS256"]

@@ -71,6 +71,15 @@ impl Polling {
         })
     }
 
+    /// The same session, its requests sent to another address (another gateway in
+    /// front of the same servers).
+    pub fn via(&self, addr: SocketAddr) -> Polling {
+        Polling {
+            addr,
+            ..self.clone()
+        }
+    }
+
     fn target(&self) -> String {
         format!(
             "/socket.io/?EIO=4&transport=polling&sid={}{}",

@@ -99,6 +99,24 @@
       $("welcome").dataset.count = String(welcomes);
       log("welcome " + msg.user + " (#" + welcomes + ")");
     });
+    // Shared chat, private messages and presence: with the Redis adapter they span
+    // every upstream-demo instance of the cluster.
+    const refreshPresence = () =>
+      socket.emit("presence", (users) => ($("presence").textContent = users.join(", ") || "nobody"));
+    socket.on("connect", refreshPresence);
+    socket.on("broadcast", (m) => log(m.from + " (to everyone): " + m.text));
+    socket.on("whisper", (m) => log(m.from + " (to you): " + m.text));
+    $("presence-refresh").addEventListener("click", refreshPresence);
+    $("broadcast-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      socket.emit("broadcast", { text: $("broadcast-text").value });
+      $("broadcast-text").value = "";
+    });
+    $("whisper-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      socket.emit("whisper", { to: $("whisper-to").value, text: $("whisper-text").value });
+      $("whisper-text").value = "";
+    });
     $("echo-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
       const text = $("echo-text").value;

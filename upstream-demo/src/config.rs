@@ -47,6 +47,11 @@ pub struct DemoConfig {
     /// which header, audience and issuer); without one it is refused with `401`.
     #[serde(default)]
     pub assertion_jwks_url: Option<String>,
+    /// A Redis server (`redis://127.0.0.1:6379`): socket.io's Redis adapter carries
+    /// broadcasts and room membership between the instances that share it (README
+    /// "Running in production at scale"). Off: one process, no Redis.
+    #[serde(default)]
+    pub redis_url: Option<String>,
 }
 
 /// What the demo checks in the gateway's signed assertion.
@@ -105,6 +110,8 @@ pub struct DemoSettings {
     pub base_dir: PathBuf,
     /// Verify the gateway's signed assertion on every socket.io request.
     pub assertion: Option<AssertionCheck>,
+    /// The Redis server of the cluster, when the demo runs as one of several instances.
+    pub redis_url: Option<String>,
 }
 
 impl Default for DemoSettings {
@@ -120,6 +127,7 @@ impl Default for DemoSettings {
             auth: AuthConfig::default(),
             base_dir: PathBuf::from("."),
             assertion: None,
+            redis_url: None,
         }
     }
 }
@@ -190,6 +198,7 @@ impl DemoSettings {
                 .session_db
                 .map(|p| if p.is_absolute() { p } else { base_dir.join(p) }),
             secure_cookies: d.secure_cookies,
+            redis_url: d.redis_url,
             auth,
             base_dir,
         })

@@ -18,6 +18,7 @@
 
 pub mod accounts;
 pub mod assertion;
+pub mod cluster;
 pub mod config;
 pub mod mint;
 pub mod pages;
@@ -50,6 +51,9 @@ pub enum DemoError {
     /// The templates do not compile.
     #[error("templates: {0}")]
     Templates(#[from] minijinja::Error),
+    /// The socket.io service (its Redis adapter) could not start.
+    #[error(transparent)]
+    Socket(#[from] socket::SocketSetupError),
 }
 
 #[derive(Debug)]
@@ -59,7 +63,9 @@ struct Inner {
     pages: pages::Pages,
     settings: DemoSettings,
     sessions: SqliteStore,
-    assertion: Option<Arc<assertion::AssertionVerifier>>,
+    /// The socket.io service at `/socket.io/`, set up once (with `demo.redis_url`, its
+    /// adapter subscribed to the cluster).
+    socket: Router<AppState>,
 }
 
 /// Shared, cheaply cloned application state.
@@ -96,13 +102,14 @@ impl AppState {
         };
         let sessions = SqliteStore::new(pool);
         sessions.migrate().await?;
+        let socket = socket::router(&settings, assertion).await?;
         Ok(AppState(Arc::new(Inner {
+            socket,
             accounts: Arc::new(accounts),
             minter,
             pages: pages::Pages::new()?,
             settings,
             sessions,
-            assertion,
         })))
     }
 
@@ -142,7 +149,7 @@ pub fn app(state: AppState) -> Router {
         .layer(sessions)
         .route("/socket.io/socket.io.min.js", get(web::client_bundle))
         .route("/assets/private.js", get(web::private_js))
-        .merge(socket::router(state.settings(), state.0.assertion.clone()))
+        .merge(state.0.socket.clone())
         .with_state(state)
 }
 
