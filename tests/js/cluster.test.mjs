@@ -9,6 +9,8 @@ import { after, before, test } from "node:test";
 import {
   claimsFor,
   connectAndWelcome,
+  fetchToken,
+  login,
   mint,
   once,
   startDemo,
@@ -70,7 +72,11 @@ before(async () => {
   }
 });
 
-after(stopAll);
+after(async () => {
+  // Reconnecting clients would keep Node running after the servers are gone.
+  for (const s of sockets) s.socket.close();
+  await stopAll();
+});
 
 test("the sockets are spread over the three instances", () => {
   const holders = demos.filter((d) => /socket connected/.test(d.proc.logs()));
@@ -106,6 +112,15 @@ test("presence lists who is online across the cluster", async () => {
   assert.deepEqual(online, ["alice", "bob", "carol", "dave", "erin"]);
 });
 
+test("a session signed in on one instance is accepted by the others", async () => {
+  const cookie = await login(`http://127.0.0.1:${demos[0].port}`);
+  for (const d of demos.slice(1)) {
+    const token = await fetchToken(`http://127.0.0.1:${d.port}`, cookie);
+    assert.equal(typeof token, "string");
+    assert.equal(JSON.parse(Buffer.from(token.split(".")[1], "base64url")).sub, "gonzalo");
+  }
+});
+
 test("with one instance killed, its clients come back on the others and broadcasts arrive", async () => {
   // The instance holding the most sockets goes away.
   const counts = demos.map((d) => (d.proc.logs().match(/socket connected/g) ?? []).length);
@@ -116,7 +131,8 @@ test("with one instance killed, its clients come back on the others and broadcas
   // (every 300 ms) have taken the dead one out.
   assert.ok(
     await until(() => sockets.every((s) => s.socket.connected), 15_000),
-    `not back: ${sockets.filter((s) => !s.socket.connected).map((s) => s.user)}`,
+    `not back: ${sockets.filter((s) => !s.socket.connected).map((s) => s.user)}\n` +
+      gateways.map((g) => g.proc.logs().split("\n").slice(-12).join("\n")).join("\n--\n"),
   );
   for (const s of sockets) s.broadcasts.length = 0;
   sockets[0].socket.emit("broadcast", { text: "after the failure" });

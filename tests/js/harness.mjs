@@ -243,15 +243,21 @@ export function connectAndWelcome(url, opts) {
       socket.close();
       reject(new Error("no welcome within 10 s"));
     }, 10_000);
-    socket.once("welcome", (msg) => {
+    // Both listeners go once one fired: a later connect_error of a client that
+    // reconnects by itself is its own business, not a failed first connect.
+    const onError = (err) => {
       clearTimeout(timer);
-      resolve({ socket, msg });
-    });
-    socket.once("connect_error", (err) => {
-      clearTimeout(timer);
+      socket.off("welcome", onWelcome);
       socket.close();
       reject(new Error(`connect_error: ${err.message}`));
-    });
+    };
+    const onWelcome = (msg) => {
+      clearTimeout(timer);
+      socket.off("connect_error", onError);
+      resolve({ socket, msg });
+    };
+    socket.once("welcome", onWelcome);
+    socket.once("connect_error", onError);
   });
 }
 

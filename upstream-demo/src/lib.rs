@@ -23,6 +23,7 @@ pub mod config;
 pub mod mint;
 pub mod pages;
 pub mod socket;
+pub mod store;
 pub mod web;
 
 use std::future::Future;
@@ -62,7 +63,7 @@ struct Inner {
     minter: mint::Minter,
     pages: pages::Pages,
     settings: DemoSettings,
-    sessions: SqliteStore,
+    sessions: store::Sessions,
     /// The socket.io service at `/socket.io/`, set up once (with `demo.redis_url`, its
     /// adapter subscribed to the cluster).
     socket: Router<AppState>,
@@ -71,6 +72,28 @@ struct Inner {
 /// Shared, cheaply cloned application state.
 #[derive(Debug, Clone)]
 pub struct AppState(Arc<Inner>);
+
+/// The SQLite session store of a single instance (`demo.session_db`, or in memory).
+async fn sqlite_sessions(settings: &DemoSettings) -> Result<SqliteStore, DemoError> {
+    let pool = match &settings.session_db {
+        Some(file) => {
+            let opts = SqliteConnectOptions::new()
+                .filename(file)
+                .create_if_missing(true);
+            SqlitePoolOptions::new().connect_with(opts).await?
+        }
+        // One connection: every connection to ":memory:" is a database of its own.
+        None => {
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect("sqlite::memory:")
+                .await?
+        }
+    };
+    let sessions = SqliteStore::new(pool);
+    sessions.migrate().await?;
+    Ok(sessions)
+}
 
 impl AppState {
     /// Builds everything the app needs: accounts, the token minter, the templates, the
@@ -85,23 +108,12 @@ impl AppState {
             )),
             None => None,
         };
-        let pool = match &settings.session_db {
-            Some(file) => {
-                let opts = SqliteConnectOptions::new()
-                    .filename(file)
-                    .create_if_missing(true);
-                SqlitePoolOptions::new().connect_with(opts).await?
-            }
-            // One connection: every connection to ":memory:" is a database of its own.
-            None => {
-                SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .connect("sqlite::memory:")
-                    .await?
-            }
+        let sessions = match &settings.redis_url {
+            Some(url) => store::Sessions::redis(url)
+                .await
+                .map_err(DemoError::Config)?,
+            None => store::Sessions::Sqlite(sqlite_sessions(&settings).await?),
         };
-        let sessions = SqliteStore::new(pool);
-        sessions.migrate().await?;
         let socket = socket::router(&settings, assertion).await?;
         Ok(AppState(Arc::new(Inner {
             socket,
