@@ -9,7 +9,11 @@
 //! - [`pages`]: the HTML templates.
 //! - [`web`]: the HTTP handlers (login, token endpoint, pages, assets).
 //! - [`socket`]: the socket.io namespace `/`: refuses connections without the
-//!   identity header, greets with `welcome`, answers `echo` with an ack.
+//!   identity header, greets with `welcome`, answers `echo` with an ack, relays
+//!   `broadcast` and `whisper`, lists `presence`.
+//! - [`cluster`]: with `redis_url`, the Redis link of socket.io's adapter, which
+//!   reconnects and resubscribes after Redis comes back.
+//! - [`store`]: where web sessions live: SQLite, or Redis in a cluster.
 //! - [`assertion`]: optional check of the gateway's signed identity assertion on every
 //!   socket.io request.
 //!
