@@ -6,9 +6,10 @@
 //!
 //! Writes on the HTTP path are coalesced here, as Pingora's own write buffer would:
 //! its HTTP/1 writer sends a response head and body in separate writes and flushes
-//! after them, so one `send` carries both. The buffer is taken only while a response is
-//! being written and freed when the connection waits for its next request, and a
-//! tunnel writes straight through: an idle connection holds no write buffer.
+//! after them, so one `send` carries both. The buffer is taken at the connection's
+//! first response and kept for the ones after it (one allocation per connection, as
+//! Pingora's own buffer); a connection that never answered holds none, and a tunnel
+//! frees it and writes straight through, so a held WebSocket keeps no write buffer.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -104,10 +105,6 @@ impl Conn {
     /// The read goes into the worker thread's buffer and only what arrived is kept, so
     /// a connection waiting for its first byte holds no buffer at all.
     pub async fn read_ahead(&mut self) -> std::io::Result<usize> {
-        if self.out.capacity() > 0 && self.out.is_empty() {
-            // Waiting for the next request: the last response is out, free its buffer.
-            self.out = Vec::new();
-        }
         if self.at > 0 {
             self.ahead.drain(..self.at);
             self.at = 0;

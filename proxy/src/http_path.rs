@@ -15,8 +15,8 @@ use pingora::protocols::http::error_resp;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
-use crate::decision::{Answer, Decision, Outcome};
-use crate::engineio::{EngineRequest, Handshake, Scan};
+use crate::decision::{Answer, Decision, Forward, Outcome};
+use crate::engineio::{EngineRequest, Scan};
 use crate::gateway::{Gateway, InFlightGuard};
 use crate::socketio;
 use crate::verify::AuthError;
@@ -28,17 +28,9 @@ pub struct RequestCtx {
     pub outcome: Outcome,
     /// Whether the upstream could not be reached.
     pub upstream_failed: bool,
-    /// Hash of the sticky key (`upstream.sticky`): every request of one Engine.IO
-    /// session carries the same token, user and address, so it reaches the same server.
-    pub sticky: u64,
-    /// An authenticated polling handshake: its answer names the new session, which is
-    /// then bound to the user (and the server it went to).
-    pub handshake: Option<Handshake>,
-    /// The Engine.IO session of the request, with several servers.
-    pub sid: Option<Box<str>>,
-    /// The identity headers to send upstream, set in the last phase before the request
-    /// is written (`upstream_request_filter`), after Pingora's hop-by-hop sanitizing.
-    pub identity: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// How to forward the request (server choice, identity headers set last, the
+    /// handshake whose answer binds a new session); `None` when it was answered.
+    pub forward: Option<Forward>,
     _in_flight: InFlightGuard,
 }
 
@@ -65,10 +57,7 @@ impl ProxyHttp for HttpPath {
         RequestCtx {
             outcome: Outcome::Undecided,
             upstream_failed: false,
-            sticky: 0,
-            handshake: None,
-            sid: None,
-            identity: Vec::new(),
+            forward: None,
             _in_flight: self.0.enter(),
         }
     }
@@ -84,10 +73,7 @@ impl ProxyHttp for HttpPath {
         match self.0.authenticate(session.req_header_mut(), client)? {
             Decision::Forward(f) => {
                 ctx.outcome = f.outcome;
-                ctx.identity = f.identity;
-                ctx.sticky = f.sticky;
-                ctx.handshake = f.handshake;
-                ctx.sid = f.sid;
+                ctx.forward = Some(f);
                 Ok(false)
             }
             Decision::Answer(answer) => {
@@ -104,11 +90,13 @@ impl ProxyHttp for HttpPath {
         _session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
-        let sid = ctx.sid.as_deref();
-        let Some((addr, _)) = self
-            .0
-            .pick_upstream(sid, ctx.sticky, ctx.handshake.as_mut())
-        else {
+        let picked = match ctx.forward.as_mut() {
+            Some(f) => self
+                .0
+                .pick_upstream(f.sid.as_deref(), f.sticky, f.handshake.as_mut()),
+            None => self.0.pick_upstream(None, 0, None),
+        };
+        let Some((addr, _)) = picked else {
             return Err(Error::create(
                 ErrorType::ConnectNoRoute,
                 ErrorSource::Upstream,
@@ -130,7 +118,7 @@ impl ProxyHttp for HttpPath {
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        for (name, value) in &ctx.identity {
+        for (name, value) in ctx.forward.iter().flat_map(|f| &f.identity) {
             upstream_request.insert_header(name.clone(), value.clone())?;
         }
         Ok(())
@@ -145,15 +133,18 @@ impl ProxyHttp for HttpPath {
         _end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
-        if let (Some(handshake), Some(chunk)) = (ctx.handshake.as_mut(), body.as_ref()) {
+        let Some(slot) = ctx.forward.as_mut().map(|f| &mut f.handshake) else {
+            return Ok(None);
+        };
+        if let (Some(handshake), Some(chunk)) = (slot.as_mut(), body.as_ref()) {
             match handshake.feed(chunk) {
                 Scan::More => {}
                 Scan::Sid(sid) => {
-                    if let Some(h) = ctx.handshake.take() {
+                    if let Some(h) = slot.take() {
                         self.0.session_opened(&sid, h);
                     }
                 }
-                Scan::None => ctx.handshake = None,
+                Scan::None => *slot = None,
             }
         }
         Ok(None)

@@ -110,27 +110,15 @@ fn line_of(src: &str, offset: usize) -> usize {
         .map_or(1, |s| s.bytes().filter(|b| *b == b'\n').count() + 1)
 }
 
-/// Removes the key at `path` from `table`; false when it is not there.
-fn remove_key(table: &mut toml::Table, path: &serde_path_to_error::Path) -> bool {
+/// Removes the key at `path` from `root`; false when it is not there.
+fn remove_key(root: &mut toml::Value, path: &serde_path_to_error::Path) -> bool {
     use serde_path_to_error::Segment;
     let segments: Vec<&Segment> = path.iter().collect();
     let Some((last, parents)) = segments.split_last() else {
         return false;
     };
-    let mut at: &mut toml::Value = match parents.first() {
-        Some(Segment::Map { key }) => match table.get_mut(key.as_str()) {
-            Some(v) => v,
-            None => return false,
-        },
-        Some(_) => return false,
-        None => {
-            return match last {
-                Segment::Map { key } => table.remove(key.as_str()).is_some(),
-                _ => false,
-            };
-        }
-    };
-    for segment in &parents[1..] {
+    let mut at = root;
+    for segment in parents {
         let next = match (segment, at) {
             (Segment::Map { key }, toml::Value::Table(t)) => t.get_mut(key.as_str()),
             (Segment::Seq { index }, toml::Value::Array(a)) => a.get_mut(*index),
@@ -174,8 +162,8 @@ impl Config {
     /// built from what remained, for validation to add its own.
     pub fn parse(src: &str) -> Result<(Config, KeyLines, Vec<Problem>), Vec<Problem>> {
         let lines = KeyLines::index(src);
-        let mut table: toml::Table = match toml::from_str(src) {
-            Ok(t) => t,
+        let mut root = match toml::from_str::<toml::Table>(src) {
+            Ok(t) => toml::Value::Table(t),
             Err(e) => {
                 let offset = e.span().map_or(0, |s| s.start);
                 let (key, line) = match lines.key_at(src, offset) {
@@ -191,8 +179,7 @@ impl Config {
         };
         let mut v = Problems::new(&lines);
         loop {
-            let value = toml::Value::Table(table.clone());
-            match serde_path_to_error::deserialize::<_, Config>(value) {
+            match serde_path_to_error::deserialize::<_, Config>(root.clone()) {
                 Ok(cfg) => {
                     let problems = v.into_list();
                     return Ok((cfg, lines, problems));
@@ -202,7 +189,7 @@ impl Config {
                     v.push(&key, e.inner().message().trim().to_string());
                     // Each round removes one key, so this ends; a key that can not be
                     // removed (it should never happen) ends the parse with what we have.
-                    if !remove_key(&mut table, e.path()) {
+                    if !remove_key(&mut root, e.path()) {
                         return Err(v.into_list());
                     }
                 }
