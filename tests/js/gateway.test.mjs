@@ -8,7 +8,7 @@ import { after, before, describe, test } from "node:test";
 import { Server } from "socket.io";
 import { io } from "socket.io-client";
 import {
-  claimsFor, connectAndWelcome, echo, fetchToken, login, mint, once, startDemo, startGateway, stopAll,
+  claimsFor, connectAndWelcome, echo, fetchToken, login, mint, once, startDemo, startGateway, stopAll, upgraded,
 } from "./harness.mjs";
 
 after(stopAll);
@@ -127,6 +127,8 @@ describe("the original article's restart scenario", () => {
     try {
       await once(good, "welcome");
       if (staleWelcomes.length === 0) await once(stale, "welcome");
+      await upgraded(good);
+      await upgraded(stale);
 
       // Restart upstream-demo on the same port with the same session store, after the
       // stale token has expired.

@@ -261,6 +261,20 @@ export function connectAndWelcome(url, opts) {
   });
 }
 
+/**
+ * Resolves once the client's Engine.IO connection has finished its upgrade to WebSocket.
+ * Tests that kill a server wait for this first: engine.io-client 6 leaves its polling
+ * transport paused for good when the WebSocket probe fails after its `pong` (the
+ * client's `probe()` returns early once `failed` is set and never resumes polling), so
+ * a server killed inside that window of a few milliseconds leaves the client silent
+ * until its ping timeout (50 s with upstream-demo's defaults), with or without a
+ * gateway in between.
+ */
+export async function upgraded(socket, ms = 10_000) {
+  const engine = socket.io.engine;
+  if (engine.transport.name !== "websocket") await once(engine, "upgrade", ms);
+}
+
 /** Emits `echo` and resolves with the acknowledgement. */
 export function echo(socket, payload) {
   return socket.timeout(5_000).emitWithAck("echo", payload);
