@@ -3,14 +3,15 @@
 //! upgrade to its own tunnel ([`tunnel::carry`]), and gives every other request, head
 //! replayed, to Pingora's HTTP path unchanged. Keep-alive connections come back here
 //! after each request, so an upgrade after earlier requests on the same connection is
-//! carried by the tunnel too.
+//! carried by the tunnel too. An HTTP/2 connection (TLS with ALPN `h2`) goes to
+//! Pingora's HTTP/2 server whole.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
-use pingora::protocols::Stream;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::{ALPN, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 
@@ -48,6 +49,13 @@ impl ServerApp for App {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        if stream.selected_alpn_proto() == Some(ALPN::H2) {
+            // HTTP/2 (offered by ALPN on TLS, README "TLS"): Pingora's own HTTP/2 server,
+            // every stream through the same HTTP path. WebSockets are not carried over
+            // HTTP/2 (no RFC 8441 extended CONNECT): browsers open an HTTP/1.1
+            // connection for them, which comes through the branch below.
+            return ServerApp::process_new(&self.http, stream, shutdown).await;
+        }
         let mut conn = Box::new(Conn::new(stream));
         let mut persistent: Option<HttpPersistentSettings> = None;
         loop {

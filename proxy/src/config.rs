@@ -14,7 +14,9 @@ mod parse;
 mod settings;
 
 pub use parse::{ConfigErrors, KeyLines, Problem};
-pub use settings::{AuthSettings, ProxySettings, Settings, UpstreamSettings, load_settings};
+pub use settings::{
+    AuthSettings, ProxySettings, ProxyTls, Settings, UpstreamSettings, load_settings,
+};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -133,6 +135,19 @@ pub struct ProxyConfig {
     /// How long open requests and WebSockets may drain after SIGTERM.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: Dur,
+    /// `[proxy.tls]`: with it, `listen` serves HTTPS and WSS; without it, plain HTTP.
+    #[serde(default)]
+    pub tls: Option<ProxyTlsConfig>,
+}
+
+/// `[proxy.tls]`: the gateway's certificate, re-read when either file changes.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyTlsConfig {
+    /// PEM certificate chain, leaf first (certbot's `fullchain.pem`).
+    pub cert_file: PathBuf,
+    /// PEM private key of the leaf (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 /// `[upstream]`
@@ -151,6 +166,17 @@ pub struct UpstreamConfig {
     /// Interval of TCP health checks; `"0s"` disables them.
     #[serde(default = "default_health_check")]
     pub health_check: Dur,
+    /// Speak TLS to the servers (`https://`/`wss://`), certificate verified.
+    #[serde(default)]
+    pub tls: bool,
+    /// PEM root certificates the servers' certificates must chain to; the system's
+    /// roots when unset.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Name sent (SNI) and verified in the servers' certificates; their IP address when
+    /// unset.
+    #[serde(default)]
+    pub sni: Option<String>,
 }
 
 /// `[upstream].sticky`

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
-use tokio::net::TcpStream;
+use tokio::io::AsyncRead;
 
 use crate::conn::Conn;
 
@@ -230,7 +230,9 @@ pub struct Received {
 
 /// Reads the upstream's answer head; `Err(true)` on timeout, `Err(false)` when the
 /// upstream closed, failed or sent no HTTP/1.x answer.
-pub async fn read_response_head(upstream: &mut TcpStream) -> Result<(u16, Received), bool> {
+pub async fn read_response_head<S: AsyncRead + Unpin>(
+    upstream: &mut S,
+) -> Result<(u16, Received), bool> {
     let read = async {
         let mut bytes = Vec::with_capacity(1024);
         let mut scanned = 0;

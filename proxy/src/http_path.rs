@@ -104,9 +104,13 @@ impl ProxyHttp for HttpPath {
                 None,
             ));
         };
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(self.0.settings().upstream.connect_timeout);
-        peer.options.total_connection_timeout = Some(self.0.settings().upstream.connect_timeout);
+        let upstream = &self.0.settings().upstream;
+        let mut peer = match &upstream.tls {
+            None => HttpPeer::new(addr, false, String::new()),
+            Some(tls) => HttpPeer::new(addr, true, tls.sni_text(addr)),
+        };
+        peer.options.connection_timeout = Some(upstream.connect_timeout);
+        peer.options.total_connection_timeout = Some(upstream.connect_timeout);
         Ok(Box::new(peer))
     }
 

@@ -6,6 +6,8 @@
 //!
 //! - [`app`]: each accepted connection: its request heads read by the gateway, upgrades
 //!   to [`tunnel`], everything else to Pingora's HTTP path ([`http_path`]).
+//! - [`certs`]: the gateway's own certificate (`[proxy.tls]`): checked, served, and
+//!   swapped when its files change.
 //! - [`conn`]: a client connection with the bytes read ahead replayed.
 //! - [`config`]: the TOML file, defaults, and validation that reports every problem.
 //! - [`http_path`]: Pingora's HTTP phases (`ProxyHttp`), each a few lines around the
@@ -25,6 +27,7 @@
 //! - [`gateway`]: the decision, [`gateway::Gateway::authenticate`], step by step.
 //! - [`sessions`]: the Engine.IO sessions seen opened: their user, and their server.
 //! - [`upstreams`]: which server a request goes to (stickiness, health, sessions).
+//! - [`upstream_tls`]: TLS to the upstreams, shared by tunnels and health checks.
 //! - [`head`]: HTTP/1 heads read and written by the gateway (bounded in size and time).
 //! - [`tunnel`]: upgrades carried by the gateway itself: decision, upstream, `101`.
 //! - [`relay`]: an open tunnel's bytes both ways, and the close at token expiry.
@@ -37,6 +40,7 @@
 
 pub mod app;
 pub mod assertion;
+pub mod certs;
 pub mod config;
 pub mod conn;
 pub mod decision;
@@ -58,6 +62,7 @@ pub mod sessions;
 pub mod socketio;
 pub mod token;
 pub mod tunnel;
+pub mod upstream_tls;
 pub mod upstreams;
 pub mod verifier;
 pub mod verify;

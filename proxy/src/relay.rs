@@ -11,10 +11,10 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use crate::conn::Conn;
+use crate::upstream_tls::UpstreamStream;
 
 /// How long the other direction may go on after one side of a tunnel closed.
 const LINGER: Duration = Duration::from_secs(2);
@@ -206,7 +206,7 @@ impl Pump {
 #[derive(Debug)]
 pub struct Relay<'a> {
     client: &'a mut Conn,
-    upstream: &'a mut TcpStream,
+    upstream: &'a mut UpstreamStream,
     c2u: Pump,
     u2c: Pump,
     /// Frame boundaries of what the upstream sends the client.
@@ -222,7 +222,7 @@ pub struct Relay<'a> {
 impl<'a> Relay<'a> {
     pub fn new(
         client: &'a mut Conn,
-        upstream: &'a mut TcpStream,
+        upstream: &'a mut UpstreamStream,
         frames: Frames,
         expiry: Option<Duration>,
     ) -> Self {

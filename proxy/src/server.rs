@@ -11,6 +11,7 @@ use pingora::lb::LoadBalancer;
 use pingora::lb::health_check::TcpHealthCheck;
 use pingora::lb::selection::Consistent;
 use pingora::listeners::ListenerConfig;
+use pingora::listeners::tls::TlsSettings;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
@@ -18,12 +19,14 @@ use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 
 use crate::app::App;
+use crate::certs::{CertResolver, CertWatcher};
 use crate::config::Settings;
 use crate::gateway::{Gateway, InFlight};
 use crate::http_path::HttpPath;
 use crate::keys::{JwksFetcher, KeyWatcher};
 use crate::logging::Redactor;
 use crate::metrics::Metrics;
+use crate::upstream_tls::TlsHealthCheck;
 use crate::upstreams::Upstreams;
 
 /// Read buffer of each client connection: none. The gateway reads request heads into
@@ -67,6 +70,17 @@ impl BackgroundService for Drain {
     }
 }
 
+/// The listener's TLS (README "TLS"): TLS 1.2 and 1.3 (Pingora's rustls acceptor
+/// allows no other), ALPN `h2` then `http/1.1`, the certificate from the resolver the
+/// watcher swaps.
+fn tls_settings(resolver: Arc<CertResolver>) -> Result<TlsSettings, ServerError> {
+    // The paths are never read: with a resolver, Pingora takes the certificate from it.
+    let mut tls = TlsSettings::intermediate("", "").map_err(|e| ServerError::Tls(e.to_string()))?;
+    tls.set_cert_resolver(resolver);
+    tls.enable_h2();
+    Ok(tls)
+}
+
 /// Pingora's server configuration, built in code.
 pub fn server_conf(settings: &Settings) -> ServerConf {
     let port = settings.proxy.listen.port();
@@ -76,6 +90,14 @@ pub fn server_conf(settings: &Settings) -> ServerConf {
         graceful_shutdown_timeout_seconds: Some(1),
         pid_file: format!("/tmp/socketio-jwt-gateway-{port}.pid"),
         upgrade_sock: format!("/tmp/socketio-jwt-gateway-{port}.sock"),
+        // The roots Pingora's connector verifies TLS upstreams with (README "TLS");
+        // unset, the system's.
+        ca_file: settings
+            .upstream
+            .tls
+            .as_ref()
+            .and_then(|t| t.ca_file.as_ref())
+            .map(|f| f.display().to_string()),
         ..ServerConf::default()
     }
 }
@@ -89,6 +111,9 @@ pub enum ServerError {
     /// The upstream servers could not be set up.
     #[error("upstream.servers: {0}")]
     Upstreams(std::io::Error),
+    /// The TLS listener could not be set up.
+    #[error("proxy.tls: {0}")]
+    Tls(String),
 }
 
 /// Runs the gateway until SIGTERM (drain, then return), SIGQUIT (hand the listening
@@ -101,6 +126,7 @@ pub fn run(
     upgrade: bool,
     daemon: bool,
 ) -> Result<(), ServerError> {
+    crate::certs::install_crypto_provider();
     let settings = Arc::new(settings);
     let opt = Opt {
         upgrade,
@@ -122,9 +148,18 @@ pub fn run(
             let mut lb =
                 LoadBalancer::<Consistent>::try_from_iter(many.iter().map(ToString::to_string))
                     .map_err(ServerError::Upstreams)?;
-            let mut hc = TcpHealthCheck::new();
-            hc.peer_template.options.connection_timeout = Some(settings.upstream.connect_timeout);
-            lb.set_health_check(hc);
+            match &settings.upstream.tls {
+                None => {
+                    let mut hc = TcpHealthCheck::new();
+                    hc.peer_template.options.connection_timeout =
+                        Some(settings.upstream.connect_timeout);
+                    lb.set_health_check(hc);
+                }
+                Some(tls) => lb.set_health_check(Box::new(TlsHealthCheck {
+                    tls: tls.clone(),
+                    timeout: settings.upstream.connect_timeout,
+                })),
+            }
             lb.health_check_frequency = (!settings.upstream.health_check.is_zero())
                 .then_some(settings.upstream.health_check);
             let service = background_service("upstream health check", lb);
@@ -143,12 +178,27 @@ pub fn run(
     let gateway = Arc::new(gateway);
     let http = pingora::proxy::http_proxy(&server.configuration, HttpPath(gateway.clone()));
     let mut proxy = Service::new("gateway".to_string(), App::new(gateway, http));
-    proxy.add_listener(
-        ListenerConfig::tcp(settings.proxy.listen.to_string()).l4_buffer(L4BufferSettings::new(
-            DOWNSTREAM_READ_BUFFER,
-            DOWNSTREAM_WRITE_BUFFER,
-        )),
+    let mut listener = ListenerConfig::tcp(settings.proxy.listen.to_string()).l4_buffer(
+        L4BufferSettings::new(DOWNSTREAM_READ_BUFFER, DOWNSTREAM_WRITE_BUFFER),
     );
+    if let Some(tls) = &settings.proxy.tls {
+        let resolver = Arc::new(CertResolver::new(&tls.pair));
+        listener = listener.tls(tls_settings(resolver.clone())?);
+        server.add_service(background_service(
+            "certificate watcher",
+            CertWatcher {
+                resolver,
+                cert_file: tls.cert_file.clone(),
+                key_file: tls.key_file.clone(),
+            },
+        ));
+        tracing::info!(
+            serial = tls.pair.serial,
+            subject = tls.pair.subject,
+            "serving HTTPS and WSS"
+        );
+    }
+    proxy.add_listener(listener);
     server.add_service(proxy);
 
     if let Some(addr) = settings.proxy.metrics_listen {

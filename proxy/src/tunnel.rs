@@ -10,13 +10,11 @@
 //! written straight through; only a write that would block keeps its remainder.
 
 use std::io;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use http::header;
 use pingora::http::RequestHeader;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::conn::Conn;
 use crate::decision::{Answer, Decision};
@@ -28,6 +26,7 @@ use crate::head::{
 };
 use crate::relay::{End, Frames, Relay};
 use crate::socketio::{self, WsRefusal};
+use crate::upstream_tls::UpstreamStream;
 use crate::verify::AuthError;
 
 /// Answers a head that could not be read, where there is anything to say.
@@ -54,7 +53,7 @@ pub async fn carry(gw: &Gateway, mut conn: Box<Conn>, head: Head) {
 
 /// What an open tunnel keeps of its request.
 struct Opened {
-    upstream: TcpStream,
+    upstream: UpstreamStream,
     frames: Frames,
     expiry: Option<Duration>,
     client: String,
@@ -94,11 +93,18 @@ async fn open(gw: &Gateway, conn: &mut Conn, head: Head) -> Option<Opened> {
         let _ = write_answer(gw, conn, &answer, Some(&req)).await;
         return None;
     };
-    let mut upstream = match connect(gw, addr).await {
+    let upstream_settings = &gw.settings().upstream;
+    let connected = UpstreamStream::connect(
+        addr,
+        upstream_settings.tls.as_ref(),
+        upstream_settings.connect_timeout,
+    )
+    .await;
+    let mut upstream = match connected {
         Ok(s) => s,
-        Err(timed_out) => {
+        Err((timed_out, error)) => {
             gw.count(forward.outcome, true);
-            tracing::warn!(upstream = %addr, client = %client_text, request, timed_out, "upstream unreachable for an upgrade");
+            tracing::warn!(upstream = %addr, client = %client_text, request, timed_out, %error, "upstream unreachable for an upgrade");
             let answer = Answer::upstream_unavailable(timed_out);
             let _ = write_answer(gw, conn, &answer, Some(&req)).await;
             return None;
@@ -157,7 +163,6 @@ async fn open(gw: &Gateway, conn: &mut Conn, head: Head) -> Option<Opened> {
         tracing::debug!(client = %client_text, request, status, "upgrade not accepted upstream");
         return None;
     }
-    let _ = upstream.set_nodelay(true);
     let mut frames = Frames::default();
     frames.feed(&answer_bytes.bytes[answer_bytes.head_len..]);
     drop(answer_bytes);
@@ -279,19 +284,5 @@ async fn refuse_websocket(conn: &mut Conn, req: &RequestHeader, err: &AuthError)
         if done {
             return Ok(());
         }
-    }
-}
-
-/// Connects to the upstream within `upstream.connect_timeout`; `Err(true)` on timeout.
-async fn connect(gw: &Gateway, addr: SocketAddr) -> Result<TcpStream, bool> {
-    match tokio::time::timeout(
-        gw.settings().upstream.connect_timeout,
-        TcpStream::connect(addr),
-    )
-    .await
-    {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(_)) => Err(false),
-        Err(_) => Err(true),
     }
 }

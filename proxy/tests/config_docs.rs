@@ -8,14 +8,16 @@ use std::path::Path;
 
 use proxy::config::Config;
 
-const SECTIONS: [&str; 4] = ["proxy", "upstream", "auth", "assertion"];
+const SECTIONS: [&str; 5] = ["proxy", "proxy.tls", "upstream", "auth", "assertion"];
 
 /// The smallest file every section parses in: the keys without a default given.
-const MINIMAL: &str = "[proxy]\nlisten = \"127.0.0.1:1\"\n[upstream]\nservers = [\"127.0.0.1:2\"]\n[auth]\n[assertion]\nkey_file = \"k.pem\"\naudience = \"up\"\n";
+const MINIMAL: &str = "[proxy]\nlisten = \"127.0.0.1:1\"\n[proxy.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n[upstream]\nservers = [\"127.0.0.1:2\"]\n[auth]\n[assertion]\nkey_file = \"k.pem\"\naudience = \"up\"\n";
 
 /// The keys [`MINIMAL`] gives: they have no default to compare.
-const GIVEN: [&str; 4] = [
+const GIVEN: [&str; 6] = [
     "proxy.listen",
+    "proxy.tls.cert_file",
+    "proxy.tls.key_file",
     "upstream.servers",
     "assertion.key_file",
     "assertion.audience",
@@ -43,7 +45,7 @@ fn keys_of(section: &str) -> Vec<String> {
         .map(|p| p.message.clone())
         .unwrap_or_else(|| panic!("no unknown-field problem in {problems:?}"));
     let expected = message
-        .split_once("expected one of")
+        .split_once("expected")
         .map(|(_, rest)| rest)
         .unwrap_or_else(|| panic!("{message}"));
     expected
@@ -99,9 +101,12 @@ fn the_readme_and_config_toml_list_every_key_with_its_real_default() {
     let mut wrong = Vec::new();
     for section in SECTIONS {
         let keys = keys_of(section);
-        assert!(keys.len() >= 4, "{section}: {keys:?}");
+        assert!(keys.len() >= 2, "{section}: {keys:?}");
         for key in keys {
             let path = format!("{section}.{key}");
+            if SECTIONS.contains(&path.as_str()) {
+                continue; // a table, whose keys have rows of their own
+            }
             if !listed.contains(&path) {
                 wrong.push(format!("{path}: not in config.toml"));
             }

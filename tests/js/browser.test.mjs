@@ -11,7 +11,7 @@ import { copyFileSync, existsSync, mkdirSync } from "node:fs";
 import path from "node:path";
 import { after, test } from "node:test";
 import { chromium } from "playwright-core";
-import { repoRoot, startDemo, startGateway, stopAll } from "./harness.mjs";
+import { makeCerts, repoRoot, startDemo, startGateway, stopAll } from "./harness.mjs";
 
 const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const artifacts = path.join(repoRoot, "tests", "js", "artifacts");
@@ -26,12 +26,16 @@ function chromiumOrSkip(t) {
   return false;
 }
 
-function launchChromium() {
+/** Headless Chromium; `spki` (base64 SHA-256 of a test key's SubjectPublicKeyInfo) is
+ * the one certificate key it accepts without a trusted root (README "TLS"): every other
+ * certificate error still fails. */
+function launchChromium({ spki } = {}) {
   return chromium.launch({
     executablePath: CHROMIUM,
     args: [
       "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
       "--disable-background-networking", "--disable-component-update", "--disable-sync",
+      ...(spki ? [`--ignore-certificate-errors-spki-list=${spki}`] : []),
     ],
   });
 }
@@ -135,6 +139,46 @@ test("reject_with = socketio: a session outlives its tokens, and a refusal's rea
     assert.ok(!refusedLog.includes("reconnect attempt"), `no retries:\n${refusedLog}`);
     assert.equal(await welcomes(refused), 0);
     await refused.screenshot({ path: path.join(artifacts, "private-page-refused.png") });
+  } finally {
+    await browser.close();
+  }
+});
+
+test("over HTTPS: the page through the gateway, polling over HTTP/2, the socket over WSS", async (t) => {
+  if (!chromiumOrSkip(t)) return;
+  mkdirSync(artifacts, { recursive: true });
+  const certs = await makeCerts();
+  const demo = await startDemo();
+  const gw = await startGateway({ upstreamPort: demo.port, tls: certs.server });
+  const browser = await launchChromium({ spki: certs.server.spki });
+  try {
+    const page = await browser.newPage({ viewport: { width: 900, height: 640 } });
+    const sockets = [];
+    page.on("websocket", (ws) => sockets.push(ws.url()));
+    await signIn(page, gw.url);
+    await page.waitForFunction(() => Number(document.getElementById("welcome").dataset.count) >= 1, null, { timeout: 15_000 });
+    assert.equal(await page.textContent("#welcome"), "Server says: welcome gonzalo");
+    await page.fill("#echo-text", "over TLS");
+    await page.press("#echo-text", "Enter");
+    await page.waitForFunction(() => document.getElementById("log").textContent.includes("echo: over TLS"));
+    const polls = await page.evaluate(() =>
+      performance.getEntriesByType("resource")
+        .filter((e) => e.name.includes("/socket.io/?") && e.name.includes("transport=polling"))
+        .map((e) => e.nextHopProtocol),
+    );
+    assert.ok(polls.length > 0, "no polling request was made");
+    assert.ok(polls.every((p) => p === "h2"), `polling protocols: ${polls}`);
+    assert.ok(sockets.some((u) => u.startsWith(`wss://127.0.0.1:${gw.port}/socket.io/`)), `websockets: ${sockets}`);
+    await page.screenshot({ path: path.join(artifacts, "private-page-https.png") });
+
+    // The same browser with a certificate it was not told about: refused.
+    const other = await launchChromium({ spki: certs.renewed.spki });
+    try {
+      const refused = await other.newPage();
+      await assert.rejects(refused.goto(`${gw.url}/login`), /ERR_CERT/);
+    } finally {
+      await other.close();
+    }
   } finally {
     await browser.close();
   }

@@ -161,9 +161,24 @@ export async function startRedis({ port } = {}) {
   return { proc, port, url: `redis://127.0.0.1:${port}` };
 }
 
+/**
+ * Writes a test PKI with the `testcerts` tool (rcgen, README "TLS") into a scratch
+ * directory: the gateway's CA and two leaves (`server`, `renewed`), and another CA with
+ * a leaf for TLS upstreams. Resolves with the paths, serials and SPKI hashes.
+ */
+export async function makeCerts() {
+  const dir = scratch();
+  const proc = launch("testcerts", [dir]);
+  const code = await new Promise((r) => proc.child.once("close", r));
+  if (code !== 0) throw new Error(`testcerts failed:\n${proc.logs()}`);
+  started.delete(proc);
+  return { dir, ...JSON.parse(proc.logs()) };
+}
+
 /** Starts the gateway in front of `upstreamPort` (or all of `upstreamPorts`); `auth`
- * adds `[auth]` lines, `upstream` adds `[upstream]` lines. */
-export async function startGateway({ upstreamPort, upstreamPorts, upstream = "", auth = "", audience = "socket.io" }) {
+ * adds `[auth]` lines, `upstream` adds `[upstream]` lines, `tls` (`{ cert, key }`)
+ * serves HTTPS and WSS. */
+export async function startGateway({ upstreamPort, upstreamPorts, upstream = "", auth = "", audience = "socket.io", tls }) {
   const dir = scratch();
   const port = await freePort();
   const file = path.join(dir, "gateway.toml");
@@ -185,11 +200,12 @@ issuer = "upstream-demo"
 audience = "${audience}"
 leeway = "0s"
 ${auth}
+${tls ? `[proxy.tls]\ncert_file = "${tls.cert}"\nkey_file = "${tls.key}"\n` : ""}
 `,
   );
   const proc = launch("proxy", ["--config", file]);
   await waitListening(port, proc);
-  return { proc, port, url: `http://127.0.0.1:${port}` };
+  return { proc, port, url: `${tls ? "https" : "http"}://127.0.0.1:${port}` };
 }
 
 /** Signs in with HTTP Basic, as the original app's users did; returns the cookie. */

@@ -5,6 +5,7 @@
 //!
 //! Module map:
 //! - [`bench`]: the systems under test of the benchmark tools.
+//! - [`tls`]: a test CA (rcgen), its leaves as PEM files, and a TLS client.
 //! - [`procs`]: locating the binaries, spawning them, capturing their logs.
 //! - [`http1`]: a byte-exact HTTP/1.1 client (paths are sent exactly as written).
 //! - [`recorder`]: an upstream that records what reached it.
@@ -16,6 +17,7 @@ pub mod eio;
 pub mod http1;
 pub mod procs;
 pub mod recorder;
+pub mod tls;
 pub mod tokens;
 
 /// The HS256 secret the tests run the gateway with (>= 32 bytes).

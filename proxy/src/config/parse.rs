@@ -218,21 +218,32 @@ impl<'a> Problems<'a> {
         self.list
     }
 
+    /// Not a problem, but worth acting on (a certificate about to expire): logged as a
+    /// warning with its key and line, at start-up and by `--check`.
+    pub(super) fn warn(&self, key: &str, message: String) {
+        let warning = Problem {
+            key: key.to_string(),
+            line: self.line_of(key),
+            message,
+        };
+        tracing::warn!("{warning}");
+    }
+
+    /// The line `key` (or the nearest enclosing key) is written on.
+    fn line_of(&self, key: &str) -> Option<usize> {
+        // `auth.token_sources[1]` is written on the line of `auth.token_sources`.
+        let mut k = key.split('[').next().unwrap_or(key);
+        loop {
+            if let Some(line) = self.lines.line(k) {
+                return Some(line);
+            }
+            k = &k[..k.rfind('.')?];
+        }
+    }
+
     /// One more, about `key`.
     pub(super) fn push(&mut self, key: &str, message: String) {
-        // `auth.token_sources[1]` is written on the line of `auth.token_sources`.
-        let written = key.split('[').next().unwrap_or(key);
-        let mut line = self.lines.line(written);
-        let mut k = written;
-        while line.is_none() {
-            match k.rfind('.') {
-                Some(i) => {
-                    k = &k[..i];
-                    line = self.lines.line(k);
-                }
-                None => break,
-            }
-        }
+        let line = self.line_of(key);
         self.list.push(Problem {
             key: key.to_string(),
             line,

@@ -11,9 +11,11 @@ use std::time::Duration;
 use super::parse::{ConfigErrors, KeyLines, Problem, Problems};
 use super::{AssertionConfig, AuthConfig, Config, ProxyConfig, RejectWith, Sticky, UpstreamConfig};
 use crate::assertion::{Asserter, Signer};
+use crate::certs::{CertError, CertPair};
 use crate::keys::{self, KeySource, KeyStore};
 use crate::path::{PathPolicy, normalize};
 use crate::token::TokenSource;
+use crate::upstream_tls::UpstreamTls;
 use crate::verify::{Rules, media_type};
 
 /// The validated configuration the gateway runs with, by section.
@@ -40,6 +42,20 @@ pub struct ProxySettings {
     pub metrics_listen: Option<SocketAddr>,
     /// Drain time after SIGTERM.
     pub shutdown_grace: Duration,
+    /// `[proxy.tls]`: the certificate pair checked at start-up, and its files for the
+    /// watcher.
+    pub tls: Option<ProxyTls>,
+}
+
+/// `[proxy.tls]`, validated.
+#[derive(Debug)]
+pub struct ProxyTls {
+    /// The chain file (resolved against the config file's directory).
+    pub cert_file: PathBuf,
+    /// The key file (resolved likewise).
+    pub key_file: PathBuf,
+    /// The pair as read at start-up.
+    pub pair: CertPair,
 }
 
 /// `[upstream]`, validated.
@@ -53,6 +69,8 @@ pub struct UpstreamSettings {
     pub health_check: Duration,
     /// Connect timeout.
     pub connect_timeout: Duration,
+    /// TLS to the servers (`upstream.tls`), with its roots and name.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// `[auth]`, validated.
@@ -97,8 +115,8 @@ impl Config {
     /// Returns every problem found, not only the first.
     pub fn validate(&self, lines: &KeyLines, base_dir: &Path) -> Result<Settings, Vec<Problem>> {
         let mut v = Problems::new(lines);
-        let proxy = validate_proxy(&self.proxy, &mut v);
-        let upstream = validate_upstream(&self.upstream, &mut v);
+        let proxy = validate_proxy(&self.proxy, &mut v, base_dir);
+        let upstream = validate_upstream(&self.upstream, &mut v, base_dir);
         let auth = validate_auth(&self.auth, &mut v, base_dir);
         // Compared with the name as written, also when `[auth]` has problems of its own.
         let user_header = http::HeaderName::from_bytes(self.auth.user_header.as_bytes()).ok();
@@ -124,7 +142,7 @@ impl Config {
     }
 }
 
-fn validate_proxy(p: &ProxyConfig, v: &mut Problems<'_>) -> Option<ProxySettings> {
+fn validate_proxy(p: &ProxyConfig, v: &mut Problems<'_>, base_dir: &Path) -> Option<ProxySettings> {
     let listen = if p.listen.is_empty() {
         v.push(
             "proxy.listen",
@@ -141,15 +159,52 @@ fn validate_proxy(p: &ProxyConfig, v: &mut Problems<'_>) -> Option<ProxySettings
         Some(a) => Some(parse_addr(v, "proxy.metrics_listen", a)?),
         None => None,
     };
-    Some(ProxySettings {
+    let tls = p.tls.as_ref().and_then(|t| {
+        let cert_file = base_dir.join(&t.cert_file);
+        let key_file = base_dir.join(&t.key_file);
+        match CertPair::load(&cert_file, &key_file) {
+            Ok(pair) => {
+                if let Some(w) = pair.expiry_warning() {
+                    v.warn("proxy.tls.cert_file", w);
+                }
+                Some(ProxyTls {
+                    cert_file,
+                    key_file,
+                    pair,
+                })
+            }
+            Err(e) => {
+                v.push(cert_error_key(&e, &key_file), e.to_string());
+                None
+            }
+        }
+    });
+    let tls_failed = p.tls.is_some() && tls.is_none();
+    let settings = ProxySettings {
         listen: listen?,
         threads: p.threads,
         metrics_listen,
         shutdown_grace: p.shutdown_grace.0,
-    })
+        tls,
+    };
+    (!tls_failed).then_some(settings)
 }
 
-fn validate_upstream(u: &UpstreamConfig, v: &mut Problems<'_>) -> Option<UpstreamSettings> {
+/// The `[proxy.tls]` key a certificate problem is reported under.
+fn cert_error_key(e: &CertError, key_file: &Path) -> &'static str {
+    match e {
+        CertError::Mismatch { .. } => "proxy.tls",
+        CertError::Key { .. } => "proxy.tls.key_file",
+        CertError::Read { path, .. } if path == key_file => "proxy.tls.key_file",
+        _ => "proxy.tls.cert_file",
+    }
+}
+
+fn validate_upstream(
+    u: &UpstreamConfig,
+    v: &mut Problems<'_>,
+    base_dir: &Path,
+) -> Option<UpstreamSettings> {
     if u.servers.is_empty() {
         v.push("upstream.servers", "at least one server is required".into());
     }
@@ -162,11 +217,28 @@ fn validate_upstream(u: &UpstreamConfig, v: &mut Problems<'_>) -> Option<Upstrea
     if u.connect_timeout.0.is_zero() {
         v.push("upstream.connect_timeout", "must be more than 0s".into());
     }
+    let tls = if u.tls {
+        let ca_file = u.ca_file.as_ref().map(|f| base_dir.join(f));
+        UpstreamTls::new(ca_file.as_deref(), u.sni.as_deref())
+            .map_err(|e| v.push(e.key(), e.to_string()))
+            .ok()
+    } else {
+        for (set, key) in [
+            (u.ca_file.is_some(), "upstream.ca_file"),
+            (u.sni.is_some(), "upstream.sni"),
+        ] {
+            if set {
+                v.push(key, "has no effect without upstream.tls = true".into());
+            }
+        }
+        None
+    };
     Some(UpstreamSettings {
         servers,
         sticky: u.sticky,
         health_check: u.health_check.0,
         connect_timeout: u.connect_timeout.0,
+        tls,
     })
 }
 

@@ -1,0 +1,370 @@
+//! TLS at the gateway (README "TLS") through the real binary: HTTPS with the same token
+//! rules as plain HTTP, ALPN, clients that do not trust the certificate, plain HTTP on
+//! the TLS port, WSS through the tunnel, live certificate rotation (a held connection
+//! stays, a new one gets the new serial, a broken pair keeps the last good one), and
+//! `--check` on the pair.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tests::procs::{Demo, Gateway, GatewayConfig, bin};
+use tests::recorder::Recorder;
+use tests::tls::{self, Leaf, LeafFiles, TestCa};
+use tests::tokens::{self, claims, hs256, now};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const NINETY_DAYS: Duration = Duration::from_secs(90 * 24 * 3600);
+
+fn ca(name: &str) -> TestCa {
+    TestCa::new(name).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn leaf(ca: &TestCa, serial: u64, valid_for: Duration) -> Leaf {
+    ca.leaf(serial, valid_for).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn tls_table(files: &LeafFiles) -> String {
+    format!(
+        "[proxy.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        files.cert.display(),
+        files.key.display()
+    )
+}
+
+/// A gateway serving TLS with `leaf`, its files in the gateway's own directory.
+async fn tls_gateway(mut cfg: GatewayConfig, leaf: &Leaf) -> (Gateway, LeafFiles) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let files = leaf.write(dir.path(), "server");
+    cfg.extra = format!("{}\n{}", cfg.extra, tls_table(&files));
+    (Gateway::start_in(&cfg, dir).await, files)
+}
+
+#[tokio::test]
+async fn https_applies_the_same_token_rules_and_offers_h2() {
+    let up = Recorder::start().await;
+    let ca = ca("gateway test CA");
+    let (gw, _) = tls_gateway(GatewayConfig::hs256(up.addr), &leaf(&ca, 1, NINETY_DAYS)).await;
+    let trusted = tls::client_config(&ca.pem, &["http/1.1"]);
+
+    // A valid token: forwarded without it, the user injected.
+    let token = tokens::valid("alice");
+    let resp = tls::get(
+        gw.addr,
+        trusted.clone(),
+        &format!("/socket.io/?EIO=4&transport=polling&token={token}"),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let seen = up.last();
+    assert_eq!(seen.one("x-auth-user"), Some("alice"));
+    assert!(!seen.target.contains("token"), "{}", seen.target);
+
+    // An expired token: the usual refusal, nothing upstream.
+    let before = up.seen().len();
+    let mut c = claims("alice");
+    c["exp"] = serde_json::json!(now() - 60);
+    let expired = hs256(&c);
+    let resp = tls::get(
+        gw.addr,
+        trusted.clone(),
+        &format!("/socket.io/?EIO=4&transport=polling&token={expired}"),
+    )
+    .await;
+    assert_eq!(resp.status, 401);
+    assert_eq!(resp.json()["error"], "token_expired");
+    assert_eq!(up.seen().len(), before);
+
+    // ALPN: h2 first when offered, HTTP/1.1 otherwise.
+    let both = tls::client_config(&ca.pem, &["h2", "http/1.1"]);
+    let s = tls::connect(gw.addr, both)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(tls::alpn(&s).as_deref(), Some("h2"));
+    let s = tls::connect(gw.addr, trusted.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(tls::alpn(&s).as_deref(), Some("http/1.1"));
+    let (_, conn) = s.get_ref();
+    assert_eq!(
+        conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+
+    // TLS 1.2 is served too.
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(ca.pem.as_bytes()) {
+        roots
+            .add(cert.unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let tls12 = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap_or_else(|e| panic!("{e}"))
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let s = tls::connect(gw.addr, std::sync::Arc::new(tls12))
+        .await
+        .unwrap_or_else(|e| panic!("TLS 1.2: {e}"));
+    assert_eq!(
+        s.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+
+    // A client that does not trust the test CA fails the handshake.
+    let other = tls::client_config(&self::ca("another CA").pem, &["http/1.1"]);
+    let err = tls::connect(gw.addr, other).await.err();
+    assert!(
+        err.is_some_and(|e| e.to_string().contains("UnknownIssuer")),
+        "an untrusting client completed the handshake"
+    );
+
+    // Plain HTTP on the TLS port: closed at once, never left hanging.
+    let mut plain = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    plain
+        .write_all(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "plain HTTP on the TLS port was left hanging");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        buf.is_empty() || text.starts_with("HTTP/1.1 400") || buf[0] == 0x15,
+        "unexpected answer to plain HTTP: {text:?}"
+    );
+
+    assert!(!gw.logs().contains(&token), "a token was logged");
+    assert!(!gw.logs().contains(&expired), "a token was logged");
+}
+
+/// Opens a socket.io session over WSS through the gateway and returns it after
+/// `welcome`.
+async fn wss_session(
+    gw: &Gateway,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    token: &str,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    String,
+) {
+    let stream = tls::connect(gw.addr, config)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let serial = tls::served_serial(&stream);
+    let url = format!(
+        "wss://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket&token={token}",
+        gw.addr.port()
+    );
+    let req = url.into_client_request().unwrap_or_else(|e| panic!("{e}"));
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, stream)
+        .await
+        .unwrap_or_else(|e| panic!("WSS upgrade: {e}"));
+    assert_eq!(resp.status(), 101);
+    let open = next_text(&mut ws).await;
+    assert!(open.starts_with('0'), "{open}");
+    ws.send(Message::text("40"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut welcomed = false;
+    for _ in 0..4 {
+        let msg = next_text(&mut ws).await;
+        if msg.contains("\"welcome\"") {
+            assert!(msg.contains("\"alice\""), "{msg}");
+            welcomed = true;
+            break;
+        }
+    }
+    assert!(welcomed, "no welcome over WSS");
+    (ws, serial)
+}
+
+async fn next_text<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("nothing within 10 s"))
+            .unwrap_or_else(|| panic!("closed"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        if let Message::Text(t) = msg {
+            return t.to_string();
+        }
+    }
+}
+
+async fn echo<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, id: u32, text: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    ws.send(Message::text(format!("42{id}[\"echo\",\"{text}\"]")))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    loop {
+        let msg = next_text(ws).await;
+        if msg == "2" {
+            ws.send(Message::text("3"))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            continue;
+        }
+        assert_eq!(msg, format!("43{id}[\"{text}\"]"));
+        return;
+    }
+}
+
+/// New TLS connections until one is served `serial` (within 10 s, the README's bound).
+async fn wait_for_serial(gw: &Gateway, config: std::sync::Arc<rustls::ClientConfig>, serial: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = tls::connect(gw.addr, config.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        if tls::served_serial(&s) == serial {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serial {serial} not served within 10 s; logs:\n{}",
+            gw.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn certificates_rotate_live_and_a_broken_pair_keeps_the_last_good_one() {
+    let demo = Demo::start("25s").await;
+    let ca = ca("rotation CA");
+    let first = leaf(&ca, 0x1001, NINETY_DAYS);
+    let (gw, files) = tls_gateway(GatewayConfig::hs256(demo.addr), &first).await;
+    let dir = files.cert.parent().unwrap_or(Path::new("."));
+    let config = tls::client_config(&ca.pem, &["http/1.1"]);
+
+    // A WSS session opened before the rotation.
+    let (mut held, serial) = wss_session(&gw, config.clone(), &tokens::valid("alice")).await;
+    assert_eq!(serial, first.serial);
+    echo(&mut held, 1, "before").await;
+
+    // Renewal: both files replaced by renames.
+    let second = leaf(&ca, 0x2002, NINETY_DAYS);
+    second.write(dir, "server");
+    wait_for_serial(&gw, config.clone(), &second.serial).await;
+    gw.proc_.wait_for_line("new certificate installed").await;
+
+    // The session opened before is untouched, and a new one gets in too.
+    echo(&mut held, 2, "after").await;
+    let (mut fresh, serial) = wss_session(&gw, config.clone(), &tokens::valid("alice")).await;
+    assert_eq!(serial, second.serial);
+    echo(&mut fresh, 3, "fresh").await;
+
+    // A broken pair (a key that is not the certificate's): refused, logged, and the
+    // last good certificate is still served.
+    let third = leaf(&ca, 0x3003, NINETY_DAYS);
+    let broken = Leaf {
+        key_pem: first.key_pem.clone(),
+        ..third
+    };
+    broken.write(dir, "server");
+    gw.proc_
+        .wait_for_line("changed certificate pair is refused")
+        .await;
+    let s = tls::connect(gw.addr, config.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(tls::served_serial(&s), second.serial);
+    echo(&mut held, 4, "still").await;
+    assert!(gw.logs().contains("does not match"), "{}", gw.logs());
+}
+
+/// Runs `proxy --check` on a config with `[proxy.tls]`; (success, stdout + stderr).
+fn check(cert: &Path, key: &Path, upstream_lines: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("gateway.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:1\"\n\n[proxy.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n[upstream]\nservers = [\"127.0.0.1:2\"]\n{upstream_lines}\n[auth]\nsecret_env = \"JWT_SECRET\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(bin("proxy"))
+        .arg("--config")
+        .arg(&file)
+        .arg("--check")
+        .env("JWT_SECRET", tests::SECRET)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn check_validates_the_pair_names_the_key_and_line_and_warns_before_expiry() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let ca = ca("check CA");
+    let good = leaf(&ca, 7, NINETY_DAYS);
+    let files = good.write(dir.path(), "good");
+    let (ok, out) = check(&files.cert, &files.key, "");
+    assert!(ok, "{out}");
+    assert!(out.contains("ok"), "{out}");
+    assert!(!out.contains("expires in"), "{out}");
+
+    // The key of another certificate.
+    let other = leaf(&ca, 8, NINETY_DAYS).write(dir.path(), "other");
+    let (ok, out) = check(&files.cert, &other.key, "");
+    assert!(!ok, "a mismatched pair passed --check");
+    assert!(out.contains("proxy.tls (line 4)"), "{out}");
+    assert!(out.contains("does not match"), "{out}");
+
+    // A chain out of order: the CA first, then the leaf.
+    let reversed = dir.path().join("reversed.pem");
+    std::fs::write(&reversed, format!("{}{}", ca.pem, good.cert_pem))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (ok, out) = check(&reversed, &files.key, "");
+    assert!(!ok, "a chain out of order passed --check");
+    assert!(out.contains("proxy.tls.cert_file (line 5)"), "{out}");
+
+    // Not a certificate at all, and a missing key file.
+    let (ok, out) = check(&files.key, &dir.path().join("missing.key"), "");
+    assert!(!ok);
+    assert!(out.contains("proxy.tls.cert_file (line 5)"), "{out}");
+
+    // Expiring in 5 days: valid, with a warning naming the key and line.
+    let soon = leaf(&ca, 9, Duration::from_secs(5 * 24 * 3600)).write(dir.path(), "soon");
+    let (ok, out) = check(&soon.cert, &soon.key, "");
+    assert!(ok, "{out}");
+    assert!(out.contains("proxy.tls.cert_file (line 5)"), "{out}");
+    assert!(
+        out.contains("expires in 4 days") || out.contains("expires in 5 days"),
+        "{out}"
+    );
+
+    // Upstream TLS keys: a CA file that is no certificate, and keys without `tls`.
+    let (ok, out) = check(
+        &files.cert,
+        &files.key,
+        &format!("tls = true\nca_file = \"{}\"\n", files.key.display()),
+    );
+    assert!(!ok);
+    assert!(out.contains("upstream.ca_file (line 11)"), "{out}");
+    let (ok, out) = check(&files.cert, &files.key, "sni = \"localhost\"\n");
+    assert!(!ok);
+    assert!(out.contains("upstream.sni (line 10)"), "{out}");
+    assert!(out.contains("upstream.tls = true"), "{out}");
+}
