@@ -168,7 +168,7 @@ impl Gateway {
         let path_changed = *path != *raw_path;
         if access == Access::Open || self.is_public_fetch(req, &path, &engine) {
             if path_changed {
-                req.set_raw_path(&join_target(&path, query))?;
+                request::set_target(req, &join_target(&path, query))?;
             }
             return Ok(Decision::Forward(Forward {
                 outcome: Outcome::Public,
@@ -224,7 +224,7 @@ impl Gateway {
         };
         if path_changed || new_query.is_some() {
             let q = new_query.as_deref().or(query);
-            req.set_raw_path(&join_target(&path, q))?;
+            request::set_target(req, &join_target(&path, q))?;
         }
         Ok(Decision::Forward(Forward {
             outcome: Outcome::Allowed,

@@ -29,6 +29,23 @@ pub fn join_target(path: &[u8], query: Option<&[u8]>) -> Vec<u8> {
     t
 }
 
+/// Replaces the request target with `target` (origin form). An HTTP/2 request names its
+/// host only in `:authority`, which the new target drops; it goes upstream as HTTP/1.1,
+/// which requires `Host` (RFC 9113 8.3.1, RFC 9112 3.2; Node's and nginx's servers
+/// answer `400` without one), so the authority is kept as the `Host` header.
+pub fn set_target(req: &mut RequestHeader, target: &[u8]) -> Result<()> {
+    let authority = req
+        .uri
+        .authority()
+        .filter(|_| !req.headers.contains_key(header::HOST))
+        .map(|a| a.as_str().to_owned());
+    req.set_raw_path(target)?;
+    if let Some(host) = authority {
+        req.insert_header(header::HOST, host)?;
+    }
+    Ok(())
+}
+
 /// Refuses message framings a server behind us could read differently (request
 /// smuggling, RFC 9112 6.1 and 6.3): more than one `Content-Length` or
 /// `Transfer-Encoding`, a `Content-Length` that is not one number, and any transfer

@@ -55,6 +55,9 @@ pub enum UpstreamTlsError {
     /// `upstream.sni` is not a DNS name or an IP address.
     #[error("{0:?} is not a DNS name or an IP address")]
     Sni(String),
+    /// rustls refused the client configuration.
+    #[error("cannot build the TLS client: {0}")]
+    Client(rustls::Error),
 }
 
 impl UpstreamTlsError {
@@ -65,6 +68,7 @@ impl UpstreamTlsError {
                 "upstream.ca_file"
             }
             UpstreamTlsError::Sni(_) => "upstream.sni",
+            UpstreamTlsError::Client(_) => "upstream.tls",
         }
     }
 }
@@ -110,7 +114,7 @@ impl UpstreamTls {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| UpstreamTlsError::Sni(e.to_string()))?
+            .map_err(UpstreamTlsError::Client)?
             .with_root_certificates(roots)
             .with_no_client_auth();
         // A tunnel speaks HTTP/1.1: the upgrade is an HTTP/1.1 request.

@@ -12,6 +12,36 @@ use crate::procs::{GatewayConfig, Proc, bin, free_addr, wait_listening};
 pub const SUT_CPU: &str = "0";
 pub const LOAD_CPU: &str = "1";
 
+/// One `oha` run on the load CPU with `args` (duration, connections, TLS options):
+/// (requests/s, p99 ms, status code counts).
+pub fn oha(args: &[&str], url: &str) -> (f64, f64, serde_json::Value) {
+    let out = pinned(LOAD_CPU, "oha")
+        .args(args)
+        .args(["--no-tui", "--output-format", "json", url])
+        .output()
+        .unwrap_or_else(|e| panic!("oha: {e}"));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "oha output ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let rps = v["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0);
+    let p99 = v["latencyPercentiles"]["p99"].as_f64().unwrap_or(0.0) * 1000.0;
+    (rps, p99, v["statusCodeDistribution"].clone())
+}
+
+/// The median of the rounds' figures.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// `program` pinned to `cpu` with taskset.
 pub fn pinned(cpu: &str, program: &str) -> Command {
     let mut c = Command::new("taskset");
@@ -54,6 +84,32 @@ pub async fn nginx(dir: &Path, name: &str, body: &str, cpu: &str) -> (SocketAddr
     let mut cmd = pinned(cpu, "nginx");
     cmd.arg("-c").arg(&file).arg("-p").arg(&d);
     let p = Proc::spawn(name, cmd);
+    wait_listening(addr, &p).await;
+    (addr, p)
+}
+
+/// nginx answering every request `200 ok` on the load CPU: the upstream of the
+/// scenarios that measure the proxy, not the server behind it.
+pub async fn trivial_upstream(dir: &Path) -> (SocketAddr, Proc) {
+    nginx(
+        dir,
+        "trivial",
+        "  server { listen LISTEN; location / { return 200 \"ok\"; } }",
+        LOAD_CPU,
+    )
+    .await
+}
+
+/// upstream-demo on the load CPU (a real Engine.IO server to hold sockets on).
+pub async fn upstream_demo(dir: &Path) -> (SocketAddr, Proc) {
+    let addr = free_addr();
+    let cfg = write(dir, "demo.toml", &format!("[demo]\nlisten = \"{addr}\"\n"));
+    let mut cmd = pinned(LOAD_CPU, &bin("upstream-demo").display().to_string());
+    cmd.arg("--config")
+        .arg(&cfg)
+        .env("JWT_SECRET", SECRET)
+        .env("RUST_LOG", "warn");
+    let p = Proc::spawn("upstream-demo", cmd);
     wait_listening(addr, &p).await;
     (addr, p)
 }

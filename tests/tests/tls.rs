@@ -368,3 +368,38 @@ fn check_validates_the_pair_names_the_key_and_line_and_warns_before_expiry() {
     assert!(out.contains("upstream.sni (line 10)"), "{out}");
     assert!(out.contains("upstream.tls = true"), "{out}");
 }
+
+#[tokio::test]
+async fn http2_requests_reach_an_http1_upstream_with_host_and_without_the_token() {
+    let up = Recorder::start().await;
+    let ca = ca("h2 CA");
+    let (gw, _) = tls_gateway(GatewayConfig::hs256(up.addr), &leaf(&ca, 5, NINETY_DAYS)).await;
+    let stream = tls::connect(gw.addr, tls::client_config(&ca.pem, &["h2"]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(tls::alpn(&stream).as_deref(), Some("h2"));
+    let (client, connection) = h2::client::handshake(stream)
+        .await
+        .unwrap_or_else(|e| panic!("h2 handshake: {e}"));
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap_or_else(|e| panic!("{e}"));
+    let authority = format!("127.0.0.1:{}", gw.addr.port());
+    let token = tokens::valid("alice");
+    for (token, want) in [(token.as_str(), 200), ("not-a-token", 401)] {
+        let request = http::Request::get(format!(
+            "https://{authority}/socket.io/?EIO=4&transport=polling&token={token}"
+        ))
+        .body(())
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (answer, _) = client
+            .send_request(request, true)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let answer = answer.await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(answer.status(), want);
+    }
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].one("host"), Some(authority.as_str()), "{seen:?}");
+    assert_eq!(seen[0].one("x-auth-user"), Some("alice"));
+    assert_eq!(seen[0].target, "/socket.io/?EIO=4&transport=polling");
+}

@@ -20,49 +20,15 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use tests::SECRET;
 use tests::bench::{
-    LOAD_CPU, SUT_CPU, System, gateway, gateway_build, gateway_variants, haproxy, nginx, pinned,
-    write,
+    LOAD_CPU, SUT_CPU, System, gateway, gateway_build, gateway_variants, haproxy, median, nginx,
+    trivial_upstream, upstream_demo,
 };
-use tests::procs::{Proc, bin, fixture, free_addr, wait_listening};
+use tests::procs::fixture;
 use tests::tokens::{claims, hs256, private_key, sign};
 
 /// One `oha` run: (requests/s, p99 ms, status code counts).
 fn oha(url: &str, conns: u32, duration: &str) -> (f64, f64, Value) {
-    let out = pinned(LOAD_CPU, "oha")
-        .args([
-            "-z",
-            duration,
-            "-c",
-            &conns.to_string(),
-            "--no-tui",
-            "--output-format",
-            "json",
-            url,
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("oha: {e}"));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "oha output ({e}): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    let rps = v["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0);
-    let p99 = v["latencyPercentiles"]["p99"].as_f64().unwrap_or(0.0) * 1000.0;
-    (rps, p99, v["statusCodeDistribution"].clone())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        0.0
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    tests::bench::oha(&["-z", duration, "-c", &conns.to_string()], url)
 }
 
 struct Scenario<'a> {
@@ -102,27 +68,8 @@ async fn main() {
     let dir = tmp.path();
 
     // Upstreams on the load CPU: a trivial 200, and upstream-demo (a real Engine.IO handshake).
-    let (trivial, _t) = nginx(
-        dir,
-        "trivial",
-        "  server { listen LISTEN; location / { return 200 \"ok\"; } }",
-        LOAD_CPU,
-    )
-    .await;
-    let demo_addr = free_addr();
-    let demo_cfg = write(
-        dir,
-        "demo.toml",
-        &format!("[demo]\nlisten = \"{demo_addr}\"\n"),
-    );
-    let mut demo_cmd = pinned(LOAD_CPU, &bin("upstream-demo").display().to_string());
-    demo_cmd
-        .arg("--config")
-        .arg(&demo_cfg)
-        .env("JWT_SECRET", SECRET)
-        .env("RUST_LOG", "warn");
-    let demo_proc = Proc::spawn("upstream-demo", demo_cmd);
-    wait_listening(demo_addr, &demo_proc).await;
+    let (trivial, _t) = trivial_upstream(dir).await;
+    let (demo_addr, demo_proc) = upstream_demo(dir).await;
 
     // HAProxy 2.6 verifies RS256/ES256 with a PEM public key path, the same files.
     let (rsa_pub, ec_pub) = (
