@@ -15,11 +15,12 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+
+use crate::file_stamp::FileStamp;
 
 /// A certificate that expires sooner than this is warned about (`--check`, start-up,
 /// reload).
@@ -34,12 +35,6 @@ const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// own `install_default_crypto_provider` keeps an installed default).
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
-
-fn provider() -> Arc<CryptoProvider> {
-    CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
 }
 
 /// Why a certificate pair is refused. Each names the file it is about.
@@ -108,7 +103,7 @@ impl CertPair {
         let key_pem = std::fs::read(key_file).map_err(|e| read(key_file, &e.to_string()))?;
         let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
             .map_err(|e| read(key_file, &format!("holds no PEM private key: {e}")))?;
-        let signing = provider()
+        let signing = rustls::crypto::aws_lc_rs::default_provider()
             .key_provider
             .load_private_key(key_der)
             .map_err(|e| CertError::Key {
@@ -226,23 +221,43 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
-/// What identifies a version of a file on disk: replaced (rename over, a Kubernetes
-/// symlink swap) or rewritten in place.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp {
-    inode: u64,
-    len: u64,
-    modified: Option<SystemTime>,
+/// The pair's files and the versions of them last read.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    /// `proxy.tls.cert_file`
+    pub cert_file: PathBuf,
+    /// `proxy.tls.key_file`
+    pub key_file: PathBuf,
+    /// Both files' stamps, taken before they were read: a change during the read is
+    /// seen by the next look.
+    seen: [Option<FileStamp>; 2],
 }
 
-fn stamp(path: &Path) -> Option<Stamp> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        inode: m.ino(),
-        len: m.len(),
-        modified: m.modified().ok(),
-    })
+impl CertFiles {
+    /// The files, and their pair as read now.
+    pub fn load(cert_file: PathBuf, key_file: PathBuf) -> (Self, Result<CertPair, CertError>) {
+        let seen = [FileStamp::of(&cert_file), FileStamp::of(&key_file)];
+        let pair = CertPair::load(&cert_file, &key_file);
+        let files = CertFiles {
+            cert_file,
+            key_file,
+            seen,
+        };
+        (files, pair)
+    }
+
+    /// The pair read again, when either file changed since the last read.
+    fn reload_if_changed(&mut self) -> Option<Result<CertPair, CertError>> {
+        let now = [
+            FileStamp::of(&self.cert_file),
+            FileStamp::of(&self.key_file),
+        ];
+        if now == self.seen {
+            return None;
+        }
+        self.seen = now;
+        Some(CertPair::load(&self.cert_file, &self.key_file))
+    }
 }
 
 /// Re-reads the pair when either file changes (polls their metadata every second).
@@ -250,28 +265,24 @@ fn stamp(path: &Path) -> Option<Stamp> {
 pub struct CertWatcher {
     /// The resolver the new pair goes to.
     pub resolver: Arc<CertResolver>,
-    /// `proxy.tls.cert_file`
-    pub cert_file: PathBuf,
-    /// `proxy.tls.key_file`
-    pub key_file: PathBuf,
+    /// The files, as read at start-up.
+    pub files: CertFiles,
 }
 
 #[async_trait]
 impl BackgroundService for CertWatcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut seen = (stamp(&self.cert_file), stamp(&self.key_file));
+        let mut files = self.files.clone();
         let mut tick = tokio::time::interval(WATCH_EVERY);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {}
             }
-            let now = (stamp(&self.cert_file), stamp(&self.key_file));
-            if now == seen {
+            let Some(reloaded) = files.reload_if_changed() else {
                 continue;
-            }
-            seen = now;
-            match CertPair::load(&self.cert_file, &self.key_file) {
+            };
+            match reloaded {
                 Ok(pair) => {
                     self.resolver.install(&pair);
                     tracing::info!(

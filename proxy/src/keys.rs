@@ -6,14 +6,14 @@
 //! token whose `alg` is not in that list is refused before any signature check. That is
 //! what stops algorithm confusion (an HS256 token "signed" with an RSA public key).
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use jsonwebtoken::{Algorithm, DecodingKey};
+
+use crate::file_stamp::FileStamp;
 
 mod load;
 mod sources;
@@ -220,22 +220,6 @@ impl KeySet {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
-fn stamp(path: &Path) -> Option<FileStamp> {
-    let m = std::fs::metadata(path).ok()?;
-    Some(FileStamp {
-        modified: m.modified().ok(),
-        len: m.len(),
-        inode: m.ino(),
-    })
-}
-
 /// The live keys: read lock-free on every request, replaced whole when a watched file changes.
 #[derive(Debug)]
 pub struct KeyStore {
@@ -257,7 +241,7 @@ impl KeyStore {
         allowed: &[Algorithm],
     ) -> Result<Self, (&'static str, KeyError)> {
         let seen = match &source {
-            KeySource::JwksFile(p) => stamp(p),
+            KeySource::JwksFile(p) => FileStamp::of(p),
             _ => None,
         };
         let set = load_set(&source, allowed).map_err(|e| (source.config_key(), e))?;
@@ -326,7 +310,7 @@ impl KeyStore {
     /// logging: `None` when nothing changed.
     pub fn reload_if_changed(&self) -> Option<Result<usize, KeyError>> {
         let path = self.watched_file()?;
-        let now = stamp(path);
+        let now = FileStamp::of(path);
         {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             if *seen == now {

@@ -21,6 +21,7 @@
 //!   ([`refusal`]); [`verifier`] caches tokens that verified.
 //! - [`engineio`]: Engine.IO as the gateway reads it: the query's parameters (parsed
 //!   once), request kinds, `sid`, the open packet of a handshake's answer.
+//! - [`file_stamp`]: a file's version on disk, for the watchers that re-read files.
 //! - [`failures`]: the failed-authentication limit per client address.
 //! - [`decision`]: what is decided about a request (forward it, or answer it), and
 //!   every answer the gateway writes itself.
@@ -46,6 +47,7 @@ pub mod conn;
 pub mod decision;
 pub mod engineio;
 pub mod failures;
+pub mod file_stamp;
 pub mod gateway;
 pub mod head;
 pub mod http_path;

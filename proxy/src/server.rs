@@ -188,8 +188,7 @@ pub fn run(
             "certificate watcher",
             CertWatcher {
                 resolver,
-                cert_file: tls.cert_file.clone(),
-                key_file: tls.key_file.clone(),
+                files: tls.files.clone(),
             },
         ));
         tracing::info!(

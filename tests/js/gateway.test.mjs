@@ -8,7 +8,8 @@ import { after, before, describe, test } from "node:test";
 import { Server } from "socket.io";
 import { io } from "socket.io-client";
 import {
-  claimsFor, connectAndWelcome, echo, fetchToken, login, mint, once, startDemo, startGateway, stopAll, upgraded,
+  claimsFor, connectAndWelcome, echo, fetchToken, headerTrustingServer, login, mint, once, startDemo, startGateway, stopAll,
+  upgraded,
 } from "./harness.mjs";
 
 after(stopAll);
@@ -164,18 +165,8 @@ describe("drop-in: an existing Node socket.io server without JWT code", () => {
     const http = createServer();
     let reached = 0;
     http.on("request", () => reached++);
-    const ioServer = new Server(http);
     // The whole auth of this server: the header the gateway sets.
-    ioServer.use((socket, next) => {
-      const user = socket.handshake.headers["x-auth-user"];
-      if (!user) return next(new Error("no user"));
-      socket.data.user = user;
-      next();
-    });
-    ioServer.on("connection", (socket) => {
-      socket.emit("welcome", { user: socket.data.user, sawToken: "token" in socket.handshake.query });
-      socket.on("echo", (payload, ack) => ack(payload));
-    });
+    const ioServer = headerTrustingServer(http, (socket) => ({ sawToken: "token" in socket.handshake.query }));
     await new Promise((r) => http.listen(0, "127.0.0.1", r));
     const gw = await startGateway({ upstreamPort: http.address().port });
     try {

@@ -9,6 +9,7 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { Server } from "socket.io";
 import { io } from "socket.io-client";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -289,6 +290,26 @@ export function connectAndWelcome(url, opts) {
 export async function upgraded(socket, ms = 10_000) {
   const engine = socket.io.engine;
   if (engine.transport.name !== "websocket") await once(engine, "upgrade", ms);
+}
+
+/**
+ * A socket.io server on `httpServer` (http or https) whose whole authentication is the
+ * header the gateway sets: a connection without `x-auth-user` is refused, `welcome`
+ * carries the user and whatever `extra(socket)` adds, `echo` acknowledges its payload.
+ */
+export function headerTrustingServer(httpServer, extra = () => ({})) {
+  const ioServer = new Server(httpServer);
+  ioServer.use((socket, next) => {
+    const user = socket.handshake.headers["x-auth-user"];
+    if (!user) return next(new Error("no user"));
+    socket.data.user = user;
+    next();
+  });
+  ioServer.on("connection", (socket) => {
+    socket.emit("welcome", { user: socket.data.user, ...extra(socket) });
+    socket.on("echo", (payload, ack) => ack(payload));
+  });
+  return ioServer;
 }
 
 /** Emits `echo` and resolves with the acknowledgement. */

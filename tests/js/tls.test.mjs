@@ -10,10 +10,9 @@ import { createServer } from "node:https";
 import tls from "node:tls";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { Server } from "socket.io";
 import { io } from "socket.io-client";
 import {
-  claimsFor, connectAndWelcome, echo, freePort, makeCerts, mint, once, startDemo, startGateway, stopAll, upgraded,
+  claimsFor, connectAndWelcome, echo, freePort, headerTrustingServer, makeCerts, mint, once, startDemo, startGateway, stopAll, upgraded,
 } from "./harness.mjs";
 
 let certs;
@@ -139,17 +138,7 @@ describe("a socket.io server behind TLS", () => {
     const https = createServer({ cert: readFileSync(certs.upstream.cert), key: readFileSync(certs.upstream.key) });
     https.on("request", () => reached++);
     https.on("upgrade", () => reached++);
-    ioServer = new Server(https);
-    ioServer.use((socket, next) => {
-      const user = socket.handshake.headers["x-auth-user"];
-      if (!user) return next(new Error("no user"));
-      socket.data.user = user;
-      next();
-    });
-    ioServer.on("connection", (socket) => {
-      socket.emit("welcome", { user: socket.data.user, secure: socket.handshake.secure });
-      socket.on("echo", (payload, ack) => ack(payload));
-    });
+    ioServer = headerTrustingServer(https, (socket) => ({ secure: socket.handshake.secure }));
     await new Promise((r) => https.listen(0, "127.0.0.1", r));
     port = https.address().port;
   });

@@ -232,8 +232,31 @@ impl Ws {
         query: &str,
         headers: &[(&str, &str)],
     ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        Self::handshake(MaybeTlsStream::Plain(stream), addr, query, headers).await
+    }
+
+    /// Opens a WSS session over an established TLS connection ([`crate::tls::connect`]).
+    pub async fn over_tls(
+        stream: tokio_rustls::client::TlsStream<TcpStream>,
+        addr: SocketAddr,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        Self::handshake(MaybeTlsStream::Rustls(stream), addr, query, headers).await
+    }
+
+    async fn handshake(
+        stream: MaybeTlsStream<TcpStream>,
+        addr: SocketAddr,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let scheme = match stream {
+            MaybeTlsStream::Plain(_) => "ws",
+            _ => "wss",
+        };
         let url = format!(
-            "ws://{addr}/socket.io/?EIO=4&transport=websocket{}",
+            "{scheme}://{addr}/socket.io/?EIO=4&transport=websocket{}",
             amp(query)
         );
         let mut req = url.into_client_request()?;
@@ -243,8 +266,7 @@ impl Ws {
                 v.parse().unwrap_or_else(|e| panic!("header {n}: {e}")),
             );
         }
-        let (stream, _) =
-            tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)).await?;
+        let (stream, _) = tokio_tungstenite::client_async(req, stream).await?;
         Ok(Ws {
             stream,
             ended: None,

@@ -146,8 +146,17 @@ impl Leaf {
     }
 }
 
-/// A client configuration that trusts only `ca_pem` and offers `alpn`.
+/// A client configuration that trusts only `ca_pem` and offers `alpn`, TLS 1.3 and 1.2.
 pub fn client_config(ca_pem: &str, alpn: &[&str]) -> Arc<rustls::ClientConfig> {
+    client_config_versions(ca_pem, alpn, rustls::DEFAULT_VERSIONS)
+}
+
+/// [`client_config`] limited to `versions` (e.g. `&[&rustls::version::TLS12]`).
+pub fn client_config_versions(
+    ca_pem: &str,
+    alpn: &[&str],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         let cert = cert.unwrap_or_else(|e| panic!("CA PEM: {e}"));
@@ -155,7 +164,7 @@ pub fn client_config(ca_pem: &str, alpn: &[&str]) -> Arc<rustls::ClientConfig> {
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap_or_else(|e| panic!("{e}"))
         .with_root_certificates(roots)
         .with_no_client_auth();

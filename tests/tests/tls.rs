@@ -8,14 +8,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tests::eio::Ws;
 use tests::procs::{Demo, Gateway, GatewayConfig, bin};
 use tests::recorder::Recorder;
 use tests::tls::{self, Leaf, LeafFiles, TestCa};
 use tests::tokens::{self, claims, hs256, now};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const NINETY_DAYS: Duration = Duration::from_secs(90 * 24 * 3600);
 
@@ -95,20 +94,8 @@ async fn https_applies_the_same_token_rules_and_offers_h2() {
     );
 
     // TLS 1.2 is served too.
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(ca.pem.as_bytes()) {
-        roots
-            .add(cert.unwrap_or_else(|e| panic!("{e}")))
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
-    let tls12 = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS12])
-    .unwrap_or_else(|e| panic!("{e}"))
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let s = tls::connect(gw.addr, std::sync::Arc::new(tls12))
+    let tls12 = tls::client_config_versions(&ca.pem, &["http/1.1"], &[&rustls::version::TLS12]);
+    let s = tls::connect(gw.addr, tls12)
         .await
         .unwrap_or_else(|e| panic!("TLS 1.2: {e}"));
     assert_eq!(
@@ -145,81 +132,27 @@ async fn https_applies_the_same_token_rules_and_offers_h2() {
     assert!(!gw.logs().contains(&expired), "a token was logged");
 }
 
-/// Opens a socket.io session over WSS through the gateway and returns it after
-/// `welcome`.
+/// A socket.io session over WSS through the gateway, after `welcome`, and the serial
+/// of the certificate its connection was served.
 async fn wss_session(
     gw: &Gateway,
     config: std::sync::Arc<rustls::ClientConfig>,
     token: &str,
-) -> (
-    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
-    String,
-) {
+) -> (Ws, String) {
     let stream = tls::connect(gw.addr, config)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let serial = tls::served_serial(&stream);
-    let url = format!(
-        "wss://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket&token={token}",
-        gw.addr.port()
-    );
-    let req = url.into_client_request().unwrap_or_else(|e| panic!("{e}"));
-    let (mut ws, resp) = tokio_tungstenite::client_async(req, stream)
+    let mut ws = Ws::over_tls(stream, gw.addr, &format!("token={token}"), &[])
         .await
         .unwrap_or_else(|e| panic!("WSS upgrade: {e}"));
-    assert_eq!(resp.status(), 101);
-    let open = next_text(&mut ws).await;
-    assert!(open.starts_with('0'), "{open}");
-    ws.send(Message::text("40"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut welcomed = false;
-    for _ in 0..4 {
-        let msg = next_text(&mut ws).await;
-        if msg.contains("\"welcome\"") {
-            assert!(msg.contains("\"alice\""), "{msg}");
-            welcomed = true;
-            break;
-        }
-    }
-    assert!(welcomed, "no welcome over WSS");
+    assert_eq!(ws.open_and_join().await["user"], "alice");
     (ws, serial)
 }
 
-async fn next_text<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> String
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .unwrap_or_else(|_| panic!("nothing within 10 s"))
-            .unwrap_or_else(|| panic!("closed"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        if let Message::Text(t) = msg {
-            return t.to_string();
-        }
-    }
-}
-
-async fn echo<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, id: u32, text: &str)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    ws.send(Message::text(format!("42{id}[\"echo\",\"{text}\"]")))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    loop {
-        let msg = next_text(ws).await;
-        if msg == "2" {
-            ws.send(Message::text("3"))
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            continue;
-        }
-        assert_eq!(msg, format!("43{id}[\"{text}\"]"));
-        return;
-    }
+/// An `echo` acknowledged on a held session.
+async fn echo(ws: &mut Ws, id: u32, text: &str) {
+    assert_eq!(ws.echo(id, &json!(text)).await, json!(text));
 }
 
 /// New TLS connections until one is served `serial` (within 10 s, the README's bound).

@@ -9,9 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::parse::{ConfigErrors, KeyLines, Problem, Problems};
-use super::{AssertionConfig, AuthConfig, Config, ProxyConfig, RejectWith, Sticky, UpstreamConfig};
+use super::{
+    AssertionConfig, AuthConfig, Config, ProxyConfig, ProxyTlsConfig, RejectWith, Sticky,
+    UpstreamConfig,
+};
 use crate::assertion::{Asserter, Signer};
-use crate::certs::{CertError, CertPair};
+use crate::certs::{CertError, CertFiles, CertPair};
 use crate::keys::{self, KeySource, KeyStore};
 use crate::path::{PathPolicy, normalize};
 use crate::token::TokenSource;
@@ -50,10 +53,9 @@ pub struct ProxySettings {
 /// `[proxy.tls]`, validated.
 #[derive(Debug)]
 pub struct ProxyTls {
-    /// The chain file (resolved against the config file's directory).
-    pub cert_file: PathBuf,
-    /// The key file (resolved likewise).
-    pub key_file: PathBuf,
+    /// The chain and key files (resolved against the config file's directory), for
+    /// the watcher.
+    pub files: CertFiles,
     /// The pair as read at start-up.
     pub pair: CertPair,
 }
@@ -159,35 +161,38 @@ fn validate_proxy(p: &ProxyConfig, v: &mut Problems<'_>, base_dir: &Path) -> Opt
         Some(a) => Some(parse_addr(v, "proxy.metrics_listen", a)?),
         None => None,
     };
-    let tls = p.tls.as_ref().and_then(|t| {
-        let cert_file = base_dir.join(&t.cert_file);
-        let key_file = base_dir.join(&t.key_file);
-        match CertPair::load(&cert_file, &key_file) {
-            Ok(pair) => {
-                if let Some(w) = pair.expiry_warning() {
-                    v.warn("proxy.tls.cert_file", w);
-                }
-                Some(ProxyTls {
-                    cert_file,
-                    key_file,
-                    pair,
-                })
-            }
-            Err(e) => {
-                v.push(cert_error_key(&e, &key_file), e.to_string());
-                None
-            }
-        }
-    });
-    let tls_failed = p.tls.is_some() && tls.is_none();
-    let settings = ProxySettings {
+    let tls = match &p.tls {
+        Some(t) => Some(validate_proxy_tls(t, v, base_dir)?),
+        None => None,
+    };
+    Some(ProxySettings {
         listen: listen?,
         threads: p.threads,
         metrics_listen,
         shutdown_grace: p.shutdown_grace.0,
         tls,
-    };
-    (!tls_failed).then_some(settings)
+    })
+}
+
+/// `[proxy.tls]`: the pair read and checked as every reload will check it.
+fn validate_proxy_tls(
+    t: &ProxyTlsConfig,
+    v: &mut Problems<'_>,
+    base_dir: &Path,
+) -> Option<ProxyTls> {
+    let (files, pair) = CertFiles::load(base_dir.join(&t.cert_file), base_dir.join(&t.key_file));
+    match pair {
+        Ok(pair) => {
+            if let Some(w) = pair.expiry_warning() {
+                v.warn("proxy.tls.cert_file", w);
+            }
+            Some(ProxyTls { files, pair })
+        }
+        Err(e) => {
+            v.push(cert_error_key(&e, &files.key_file), e.to_string());
+            None
+        }
+    }
 }
 
 /// The `[proxy.tls]` key a certificate problem is reported under.

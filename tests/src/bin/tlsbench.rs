@@ -20,17 +20,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tests::SECRET;
 use tests::bench::{
     LOAD_CPU, SUT_CPU, System, haproxy_conf, median, pinned, trivial_upstream, upstream_demo, write,
 };
+use tests::eio::Ws;
 use tests::procs::{GatewayConfig, bin, free_addr, rss_kib};
 use tests::tls::{self, Leaf, TestCa};
 use tests::tokens::{claims, hs256};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const HS_AUTH: &str = "algorithms = [\"HS256\"]\nsecret_env = \"JWT_SECRET\"\nissuer = \"upstream-demo\"\naudience = \"socket.io\"\n";
 
@@ -89,48 +87,26 @@ async fn hold(
     tls: Option<Arc<rustls::ClientConfig>>,
     n: usize,
     token: &str,
-) -> Vec<Box<dyn std::any::Any + Send>> {
-    let mut held: Vec<Box<dyn std::any::Any + Send>> = Vec::with_capacity(n);
-    let scheme = if tls.is_some() { "wss" } else { "ws" };
-    let url = format!(
-        "{scheme}://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket&token={token}",
-        addr.port()
-    );
+) -> Vec<Ws> {
+    let query = format!("token={token}");
+    let mut held = Vec::with_capacity(n);
     for chunk in 0..n.div_ceil(100) {
         let mut tasks = Vec::new();
         for _ in 0..100.min(n - chunk * 100) {
-            let url = url.clone();
-            let tls = tls.clone();
+            let (tls, query) = (tls.clone(), query.clone());
             tasks.push(tokio::spawn(async move {
-                let req = url.into_client_request().unwrap_or_else(|e| panic!("{e}"));
-                let tcp = tokio::net::TcpStream::connect(addr)
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
-                let open = |m: Option<Result<Message, _>>| {
-                    matches!(m, Some(Ok(Message::Text(t))) if t.starts_with('0'))
-                };
-                let boxed: Box<dyn std::any::Any + Send> = match tls {
+                let opened = match tls {
                     Some(config) => {
-                        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-                        let s = tokio_rustls::TlsConnector::from(config)
-                            .connect(name, tcp)
+                        let stream = tls::connect(addr, config)
                             .await
                             .unwrap_or_else(|e| panic!("TLS: {e}"));
-                        let (mut ws, _) = tokio_tungstenite::client_async(req, s)
-                            .await
-                            .unwrap_or_else(|e| panic!("WSS: {e}"));
-                        assert!(open(ws.next().await), "no open packet");
-                        Box::new(ws)
+                        Ws::over_tls(stream, addr, &query, &[]).await
                     }
-                    None => {
-                        let (mut ws, _) = tokio_tungstenite::client_async(req, tcp)
-                            .await
-                            .unwrap_or_else(|e| panic!("WS: {e}"));
-                        assert!(open(ws.next().await), "no open packet");
-                        Box::new(ws)
-                    }
+                    None => Ws::connect(addr, &query, &[]).await,
                 };
-                boxed
+                let mut ws = opened.unwrap_or_else(|e| panic!("WebSocket: {e}"));
+                assert!(ws.expect().await.starts_with('0'), "no open packet");
+                ws
             }));
         }
         for t in tasks {
