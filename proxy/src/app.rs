@@ -1,9 +1,10 @@
 //! Each accepted connection (README "WebSockets"): the gateway reads every request
-//! head itself ([`head::read_head`], bounded in size and time), hands a WebSocket
-//! upgrade to its own tunnel ([`tunnel::carry`]), and gives every other request, head
-//! replayed, to Pingora's HTTP path unchanged. Keep-alive connections come back here
-//! after each request, so an upgrade after earlier requests on the same connection is
-//! carried by the tunnel too. An HTTP/2 connection (TLS with ALPN `h2`) goes to
+//! head itself ([`head::read_head`], bounded in size and time, parsed once), hands a
+//! WebSocket upgrade to its own tunnel ([`tunnel::carry`]), and gives every other
+//! request to Pingora's HTTP path: its head replayed and its body by the framing the
+//! gateway read, never a byte more ([`Conn::deliver`]). Keep-alive connections come
+//! back here after each request, so the next request's head (pipelined or not) and an
+//! upgrade after earlier requests are read here too. An HTTP/2 connection (TLS with ALPN `h2`) goes to
 //! Pingora's HTTP/2 server whole.
 
 use std::sync::Arc;
@@ -61,21 +62,26 @@ impl ServerApp for App {
         loop {
             let head = match head::read_head(&mut conn).await {
                 Ok(head) => head,
-                Err(head::NoHead::Unparsable) => head::Head {
-                    len: 0,
-                    upgrade: false,
-                },
                 Err(why) => {
                     tunnel::refuse_head(&self.gateway, &mut conn, why).await;
                     return None;
                 }
             };
-            if head.upgrade {
+            if let Some(req) = head.upgrade {
                 // Boxed: a connection waiting for its next head does not carry the
                 // tunnel's state inline.
-                Box::pin(tunnel::carry(&self.gateway, conn, head)).await;
+                Box::pin(tunnel::carry(
+                    &self.gateway,
+                    conn,
+                    head.len,
+                    head.framing,
+                    req,
+                ))
+                .await;
                 return None;
             }
+            // Pingora's reader gets this one message, and nothing after it.
+            conn.deliver(head.len, head.framing);
             let mut session = ServerSession::new_http1(conn);
             match persistent.take() {
                 Some(p) => p.apply_to_session(&mut session),

@@ -290,6 +290,15 @@ pub struct AuthConfig {
     /// credentials (CORS). Others get no CORS headers at all.
     #[serde(default)]
     pub cors_origins: Vec<String>,
+    /// The environment variable holding the key Engine.IO session ids are sealed with
+    /// (README "Engine.IO sessions", >= 32 bytes): every gateway that must read the
+    /// sessions another opened, or its own after a restart, needs the same key. Unset
+    /// (and no `session_key_file`): a random key per process.
+    #[serde(default)]
+    pub session_key_env: Option<String>,
+    /// A file holding that key instead (one trailing newline is ignored).
+    #[serde(default)]
+    pub session_key_file: Option<PathBuf>,
 }
 
 impl Default for ProxyConfig {

@@ -1,8 +1,16 @@
 //! A client connection as the gateway reads it: the request head is read by the
 //! gateway itself ([`crate::head::read_head`]) to decide which path carries the
 //! request, and whatever was read ahead is replayed to that path before the socket's
-//! next bytes. It wraps any Pingora [`Stream`] (plain TCP today, TLS later) behind the
-//! same traits, so no code depends on the transport.
+//! next bytes. It wraps any Pingora [`Stream`] (plain TCP or TLS) behind the same
+//! traits, so no code depends on the transport.
+//!
+//! What a reader behind the gateway may read is one message at a time (README "What
+//! the gateway does to a request"): after the gateway read a head, [`Conn::deliver`]
+//! lets through that head and its body by the framing the gateway parsed
+//! ([`crate::framing`]), and nothing more. The bytes of a pipelined next request stay
+//! here until the gateway reads their head itself (RFC 9112 9.3.2), and the bytes
+//! behind an upgrade head stay here until the upstream switched protocols
+//! ([`Conn::open_through`]).
 //!
 //! Writes on the HTTP path are coalesced here, as Pingora's own write buffer would:
 //! its HTTP/1 writer sends a response head and body in separate writes and flushes
@@ -21,6 +29,9 @@ use pingora::protocols::{
     UniqueID, UniqueIDType,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::framing::{BadChunk, ChunkedEnd, Framing};
+use crate::head::MAX_HEAD;
 
 /// Bytes read at once while looking for a request head.
 const SCRATCH_BYTES: usize = 8 * 1024;
@@ -48,6 +59,27 @@ pub struct Conn {
     /// Whether small writes are gathered into `out` (the HTTP path) or sent at once
     /// (a tunnel, which flushes after every write anyway).
     coalesce: bool,
+    /// What a reader may still read of the current message.
+    budget: Budget,
+    /// Bytes at the start of the read-ahead ones that the budget already let through
+    /// (scanned once, not yet read).
+    cleared: usize,
+}
+
+/// What a reader may still read from a [`Conn`].
+#[derive(Debug)]
+enum Budget {
+    /// Nothing: no head was delivered yet, or the message is complete. Reads report the
+    /// end of the connection, or wait.
+    Done,
+    /// This many more bytes (the head, then a body by its length).
+    Length(u64),
+    /// The head's bytes, then a chunked body.
+    HeadThenChunked(u64, ChunkedEnd),
+    /// A chunked body, until its end.
+    Chunked(ChunkedEnd),
+    /// Everything: an upgraded connection.
+    Through,
 }
 
 impl Conn {
@@ -59,7 +91,85 @@ impl Conn {
             at: 0,
             out: Vec::new(),
             coalesce: true,
+            budget: Budget::Done,
+            cleared: 0,
         }
+    }
+
+    /// Lets a reader read the next message: the head of `head_len` bytes at the start of
+    /// the read-ahead bytes, then its body by `framing`, and nothing after it.
+    pub fn deliver(&mut self, head_len: usize, framing: Framing) {
+        let head = head_len as u64;
+        self.cleared = 0;
+        self.budget = match framing {
+            Framing::None => Budget::Length(head),
+            Framing::Length(n) => Budget::Length(head.saturating_add(n)),
+            Framing::Chunked => Budget::HeadThenChunked(head, ChunkedEnd::default()),
+        };
+    }
+
+    /// Lets a reader read everything from now on (the upstream switched protocols).
+    pub fn open_through(&mut self) {
+        self.cleared = 0;
+        self.budget = Budget::Through;
+    }
+
+    /// Clears more of the read-ahead bytes for the reader, by the budget; how many are
+    /// cleared now.
+    fn clear_ahead(&mut self) -> Result<usize, BadChunk> {
+        if self.cleared > 0 {
+            return Ok(self.cleared);
+        }
+        let avail = self.ahead.len() - self.at;
+        let fresh = &self.ahead[self.at..];
+        let n = match &mut self.budget {
+            Budget::Done => 0,
+            Budget::Through => avail,
+            Budget::Length(left) => {
+                let n = (*left).min(avail as u64);
+                *left -= n;
+                if *left == 0 {
+                    self.budget = Budget::Done;
+                }
+                n as usize
+            }
+            Budget::HeadThenChunked(left, _) => {
+                let n = (*left).min(avail as u64);
+                *left -= n;
+                if *left == 0 {
+                    let Budget::HeadThenChunked(_, chunked) =
+                        std::mem::replace(&mut self.budget, Budget::Done)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    self.budget = Budget::Chunked(chunked);
+                }
+                n as usize
+            }
+            Budget::Chunked(chunked) => {
+                let n = chunked.scan(fresh)?;
+                if chunked.done() {
+                    self.budget = Budget::Done;
+                }
+                n
+            }
+        };
+        self.cleared = n;
+        Ok(n)
+    }
+
+    /// The message is complete: reads from the socket only to notice its end, keeping
+    /// what arrives (the next request, read by the gateway later) up to [`MAX_HEAD`].
+    fn poll_after_message(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while self.ahead.len() - self.at <= MAX_HEAD {
+            match self.poll_read_ahead(cx) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Pending
     }
 
     /// From now on every write goes straight to the socket: for a tunnel, so that a
@@ -92,9 +202,19 @@ impl Conn {
         &self.ahead[self.at..]
     }
 
-    /// Marks `n` bytes read ahead as consumed.
+    /// Marks `n` bytes read ahead as consumed (by the gateway's own reader).
     pub fn consume(&mut self, n: usize) {
         self.at = (self.at + n).min(self.ahead.len());
+        self.cleared = self.cleared.saturating_sub(n);
+        if self.at == self.ahead.len() {
+            self.ahead = Vec::new();
+            self.at = 0;
+        }
+    }
+
+    /// Marks `n` bytes that a reader read (cleared by the budget) as consumed.
+    fn consume_delivered(&mut self, n: usize) {
+        self.at += n;
         if self.at == self.ahead.len() {
             self.ahead = Vec::new();
             self.at = 0;
@@ -105,26 +225,27 @@ impl Conn {
     /// The read goes into the worker thread's buffer and only what arrived is kept, so
     /// a connection waiting for its first byte holds no buffer at all.
     pub async fn read_ahead(&mut self) -> std::io::Result<usize> {
-        if self.at > 0 {
-            self.ahead.drain(..self.at);
+        std::future::poll_fn(|cx| self.poll_read_ahead(cx)).await
+    }
+
+    fn poll_read_ahead(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.at > 0 && self.at == self.ahead.len() {
+            self.ahead.clear();
             self.at = 0;
         }
-        std::future::poll_fn(|cx| {
-            SCRATCH.with(|scratch| {
-                let mut scratch = scratch.borrow_mut();
-                let mut buf = ReadBuf::new(&mut scratch[..]);
-                match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
-                    Poll::Ready(Ok(())) => {
-                        let read = buf.filled();
-                        self.ahead.extend_from_slice(read);
-                        Poll::Ready(Ok(read.len()))
-                    }
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                    Poll::Pending => Poll::Pending,
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let mut buf = ReadBuf::new(&mut scratch[..]);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => {
+                    let read = buf.filled();
+                    self.ahead.extend_from_slice(read);
+                    Poll::Ready(Ok(read.len()))
                 }
-            })
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
         })
-        .await
     }
 
     /// The client's address, if it is an IP socket.
@@ -135,20 +256,56 @@ impl Conn {
     }
 }
 
+/// What a reader behind the gateway reads: the read-ahead bytes and then the socket,
+/// never past the message the budget lets through.
 impl AsyncRead for Conn {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let ahead = self.ahead();
-        if !ahead.is_empty() {
-            let n = ahead.len().min(buf.remaining());
-            buf.put_slice(&ahead[..n]);
-            self.consume(n);
-            return Poll::Ready(Ok(()));
+        let this = &mut *self;
+        loop {
+            let cleared = this
+                .clear_ahead()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            if cleared > 0 {
+                let n = cleared.min(buf.remaining());
+                buf.put_slice(&this.ahead[this.at..this.at + n]);
+                this.cleared -= n;
+                this.consume_delivered(n);
+                return Poll::Ready(Ok(()));
+            }
+            match &this.budget {
+                Budget::Done => return this.poll_after_message(cx),
+                // Nothing read ahead: straight from the socket, by the budget.
+                Budget::Through => return Pin::new(&mut this.inner).poll_read(cx, buf),
+                Budget::Length(left) if this.ahead.len() == this.at => {
+                    let left = usize::try_from(*left).unwrap_or(usize::MAX);
+                    let room = buf.remaining().min(left).min(SCRATCH_BYTES);
+                    let n = ready!(SCRATCH.with(|scratch| {
+                        let mut scratch = scratch.borrow_mut();
+                        let mut limited = ReadBuf::new(&mut scratch[..room]);
+                        ready!(Pin::new(&mut this.inner).poll_read(cx, &mut limited))?;
+                        buf.put_slice(limited.filled());
+                        Poll::Ready(Ok::<_, std::io::Error>(limited.filled().len()))
+                    }))?;
+                    if let Budget::Length(left) = &mut this.budget {
+                        *left -= n as u64;
+                        if *left == 0 {
+                            this.budget = Budget::Done;
+                        }
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                _ => {
+                    if ready!(this.poll_read_ahead(cx))? == 0 {
+                        // The client closed mid-message: the reader sees the end.
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            }
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 

@@ -61,11 +61,12 @@ pub struct Forward {
     pub close_at: Option<f64>,
     /// Hash of the sticky key, with several servers.
     pub sticky: u64,
-    /// An authenticated polling handshake, whose answer binds the new session.
+    /// An authenticated handshake (polling, or WebSocket-only), whose answer's open
+    /// packet gets the sealed `sid` of the new session.
     pub handshake: Option<Handshake>,
-    /// The Engine.IO session the request belongs to, with several servers (where it
-    /// lives decides the server).
-    pub sid: Option<Box<str>>,
+    /// The server the request's Engine.IO session lives on, with several servers (from
+    /// its sealed `sid`).
+    pub server: Option<std::net::SocketAddr>,
 }
 
 /// A response the gateway writes itself.
@@ -167,10 +168,18 @@ impl Answer {
             answer.socketio = Some((kind, err));
             return answer;
         }
-        if err.code == ErrorCode::SessionMismatch {
+        match err.code {
             // The token is fine; the session is not this user's.
-            answer.status = 403;
-            return answer;
+            ErrorCode::SessionMismatch => {
+                answer.status = 403;
+                return answer;
+            }
+            // The token is fine; the session is no one's the gateway knows.
+            ErrorCode::UnknownSession => {
+                answer.status = 400;
+                return answer;
+            }
+            _ => {}
         }
         let challenge = if err.code == ErrorCode::MissingToken {
             HeaderValue::from_static(CHALLENGE)

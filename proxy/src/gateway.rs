@@ -12,7 +12,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::header;
 use pingora::ErrorType;
 use pingora::http::RequestHeader;
-use pingora::lb::Backend;
 use pingora::prelude::*;
 
 use crate::config::{RejectWith, Settings};
@@ -23,9 +22,9 @@ use crate::logging::Redactor;
 use crate::metrics::Metrics;
 use crate::path::{Access, normalize};
 use crate::request::{self, IdentityNames, join_target, split_target};
-use crate::sessions::Sessions;
+use crate::sealed_sid::Session;
 use crate::socketio::Refusals;
-use crate::token::{self, Found};
+use crate::token::{self, Found, Location};
 use crate::upstreams::Upstreams;
 use crate::verifier::Verifier;
 use crate::verify::{AuthError, ErrorCode, Verified};
@@ -72,8 +71,6 @@ pub struct Gateway {
     failures: Option<FailureLimit>,
     /// Engine.IO sessions refused in socket.io's terms (`reject_with = "socketio"`).
     refusals: Refusals,
-    /// Engine.IO sessions seen opened: their user and server.
-    sessions: Sessions,
     /// The identity headers, whose client copies are removed under any spelling.
     identity_names: IdentityNames,
 }
@@ -107,7 +104,6 @@ impl Gateway {
             metrics,
             verifier: Verifier::new(settings.auth.rules.clone(), settings.auth.verify_cache),
             refusals: Refusals::default(),
-            sessions: Sessions::default(),
             identity_names: IdentityNames::new(settings.identity_headers()),
             failures: FailureLimit::new(settings.auth.failure_limit),
             settings,
@@ -138,10 +134,11 @@ impl Gateway {
 
     /// Decides a request, for both ways requests arrive: strips client-sent identity
     /// headers (every spelling), refuses framing and `Connection` tricks, normalizes
-    /// the path, and for protected paths verifies the token, checks that a session's
-    /// `sid` belongs to the token's user, decides the identity headers and strips the
-    /// token. The request head is rewritten in place; failed authentications are
-    /// counted against `client`.
+    /// the path, and for protected paths reads the Engine.IO parameters (once, in one
+    /// spelling), verifies the token, opens the sealed `sid` and checks that its session
+    /// belongs to the token's user, decides the identity headers, strips the token and
+    /// puts the upstream's own `sid` in the query. The request head is rewritten in
+    /// place; failed authentications are counted against `client`.
     pub fn authenticate(
         &self,
         req: &mut RequestHeader,
@@ -176,8 +173,11 @@ impl Gateway {
                 close_at: None,
                 sticky: self.upstreams.client_key(client),
                 handshake: None,
-                sid: None,
+                server: None,
             }));
+        }
+        if let Some(problem) = engine.problem() {
+            return Ok(Decision::Answer(Answer::bad_request(problem)));
         }
         if self.failures.as_ref().is_some_and(|f| f.exceeded(client)) {
             self.count_failure(client);
@@ -190,14 +190,10 @@ impl Gateway {
                 return Ok(Decision::Answer(Answer::keys_unavailable()));
             }
         };
-        let sid = engine.sid();
-        if sid.is_some_and(|sid| self.sessions.belongs_to_another(sid, &verified.user)) {
-            let err = AuthError::new(
-                ErrorCode::SessionMismatch,
-                "this Engine.IO session belongs to another user",
-            );
-            return Ok(self.refuse(req, &engine, client, err));
-        }
+        let session = match self.session_of(&engine, &verified) {
+            Ok(session) => session,
+            Err(err) => return Ok(self.refuse(req, &engine, client, err)),
+        };
         let sticky = self.upstreams.sticky_key(
             self.settings.upstream.sticky,
             &found.token,
@@ -205,23 +201,29 @@ impl Gateway {
             client,
         );
         let location = found.location;
-        let handshake = (sid.is_none()
-            && req.method == http::Method::GET
-            && !req.headers.contains_key(header::UPGRADE))
-        .then(|| Handshake::new(verified.user.clone()));
+        let handshake = engine
+            .is_handshake(&req.method)
+            .then(|| Handshake::new(verified.user.clone()));
         let close_at = self
             .settings
             .auth
             .close_on_expiry
             .then(|| verified.exp.map(|exp| exp + self.verifier.rules().leeway))
             .flatten();
-        let sid = sid.filter(|_| self.upstreams.several()).map(Box::from);
         let identity = self.identity(verified)?;
-        let new_query = if self.settings.auth.strip_token {
-            request::strip_token(req, location, query)?
-        } else {
-            None
+        let strip = self.settings.auth.strip_token;
+        let token_range = match &location {
+            Location::Query(range) if strip => Some(range.clone()),
+            _ => None,
         };
+        if strip {
+            request::strip_token_header(req, &location)?;
+        }
+        let sid = session.as_ref().zip(engine.sid_range());
+        let new_query = (token_range.is_some() || sid.is_some()).then(|| {
+            let sid = sid.map(|(s, range)| (range, s.sid.as_bytes()));
+            request::rewrite_query(query.unwrap_or_default(), token_range, sid)
+        });
         if path_changed || new_query.is_some() {
             let q = new_query.as_deref().or(query);
             request::set_target(req, &join_target(&path, q))?;
@@ -232,8 +234,34 @@ impl Gateway {
             close_at,
             sticky,
             handshake,
-            sid,
+            server: session.and_then(|s| s.server),
         }))
+    }
+
+    /// The session a request's sealed `sid` names (README "Engine.IO sessions"), when
+    /// it names one: refused when no gateway with this key handed it out, or when it
+    /// belongs to another user than the token's.
+    fn session_of(
+        &self,
+        engine: &EngineQuery<'_>,
+        verified: &Verified,
+    ) -> std::result::Result<Option<Session>, AuthError> {
+        let Some(sid) = engine.sid() else {
+            return Ok(None);
+        };
+        let Some(session) = self.settings.auth.sid_seal.open(sid) else {
+            return Err(AuthError::new(
+                ErrorCode::UnknownSession,
+                "this Engine.IO session was not opened through the gateway",
+            ));
+        };
+        if session.user != verified.user.as_bytes() {
+            return Err(AuthError::new(
+                ErrorCode::SessionMismatch,
+                "this Engine.IO session belongs to another user",
+            ));
+        }
+        Ok(Some(session))
     }
 
     /// What the gateway serves itself: the assertion JWK Set.
@@ -336,20 +364,39 @@ impl Gateway {
         }
     }
 
-    /// The upstream for a request ([`Upstreams::pick`]); `None` when no server is
-    /// healthy.
-    pub fn pick_upstream(
-        &self,
-        sid: Option<&str>,
-        sticky: u64,
-        handshake: Option<&mut Handshake>,
-    ) -> Option<(SocketAddr, Option<Backend>)> {
-        self.upstreams.pick(&self.sessions, sid, sticky, handshake)
+    /// The upstream for a request ([`Upstreams::pick`]): the server its session lives
+    /// on, else by its sticky key; `None` when no server is healthy. A handshake
+    /// remembers the server, to seal it into the new session's `sid`.
+    pub fn pick_upstream(&self, forward: Option<&mut Forward>) -> Option<SocketAddr> {
+        let Some(forward) = forward else {
+            return self.upstreams.pick(None, 0);
+        };
+        let addr = self.upstreams.pick(forward.server, forward.sticky)?;
+        if let Some(h) = forward.handshake.as_mut() {
+            h.server = self.upstreams.several().then_some(addr);
+        }
+        Some(addr)
     }
 
-    /// Remembers the session a handshake's answer opened, bound to its user.
-    pub fn session_opened(&self, sid: &str, handshake: Handshake) {
-        self.sessions.opened(sid, handshake.user, handshake.server);
+    /// The sealed `sid` the client gets for the session a handshake opened
+    /// (README "Engine.IO sessions").
+    pub fn seal_sid(
+        &self,
+        user: &http::HeaderValue,
+        server: Option<SocketAddr>,
+        sid: &[u8],
+    ) -> Option<String> {
+        let sealed = self
+            .settings
+            .auth
+            .sid_seal
+            .seal(sid, user.as_bytes(), server);
+        if sealed.is_none() {
+            tracing::warn!(
+                "an Engine.IO session id or user is too long to seal; handshake refused"
+            );
+        }
+        sealed
     }
 
     /// A request line with tokens redacted, for logs.

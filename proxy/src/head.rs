@@ -10,6 +10,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use tokio::io::AsyncRead;
 
 use crate::conn::Conn;
+use crate::framing::{Framing, FramingError, request_framing};
 
 /// Largest request or response head read (`431` past it for a request).
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -25,13 +26,16 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the upstream may take to answer an upgrade.
 pub const UPSTREAM_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A request head read from the client.
+/// A request head read from the client, parsed once by the reader that found its end.
 #[derive(Debug)]
 pub struct Head {
     /// Length of the head in the connection's read-ahead bytes.
     pub len: usize,
-    /// Whether it asks for a WebSocket upgrade: carried here.
-    pub upgrade: bool,
+    /// How its body is framed (RFC 9112 6).
+    pub framing: Framing,
+    /// A WebSocket upgrade (an `Upgrade` header naming `websocket`), parsed: carried by
+    /// the gateway's tunnel. `None` for every other request.
+    pub upgrade: Option<RequestHeader>,
 }
 
 /// Why no head was read.
@@ -39,13 +43,16 @@ pub struct Head {
 pub enum NoHead {
     /// The connection closed or stayed idle between requests: nothing to answer.
     Closed,
-    /// The head grew past [`MAX_HEAD`]: `431`.
+    /// The head grew past [`MAX_HEAD`] (or has more than [`MAX_HEADERS`] lines): `431`.
     TooLarge,
     /// The head did not end within [`HEAD_TIMEOUT`]: closed.
     TooSlow,
-    /// Not HTTP/1.x: handed to Pingora, whose parser answers it.
-    Unparsable,
+    /// Not an HTTP/1.x request head, or framed ambiguously: `400`, then closed.
+    Malformed(&'static str),
 }
+
+/// Most header lines in a request head.
+pub const MAX_HEADERS: usize = 256;
 
 /// Where the head ends in `buf`, looking only at bytes from `from` on (minus the
 /// three that could start the blank line): each byte is scanned once however the head
@@ -64,31 +71,48 @@ pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// How many empty lines (CRLF or LF) start `buf`: a server ignores them before a
+/// request line (RFC 9112 2.2), and so does the gateway's reader, so that the head is
+/// found, classified and read by one reader.
+fn leading_empty_lines(buf: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        match &buf[at..] {
+            [b'\r', b'\n', ..] => at += 2,
+            [b'\n', ..] => at += 1,
+            _ => return at,
+        }
+    }
+}
+
 /// Reads the next request head into `conn`'s read-ahead bytes: the first byte within
-/// [`IDLE`], the whole head within [`HEAD_TIMEOUT`] of it, at most [`MAX_HEAD`] bytes.
+/// [`IDLE`], the whole head within [`HEAD_TIMEOUT`] of it, at most [`MAX_HEAD`] bytes,
+/// then parses it once with `httparse`.
 pub async fn read_head(conn: &mut Conn) -> Result<Head, NoHead> {
-    let mut scanned = 0;
+    let mut scanned: usize = 0;
     let mut deadline = None;
     loop {
+        let blank = leading_empty_lines(conn.ahead());
+        if blank > 0 {
+            conn.consume(blank);
+            scanned = scanned.saturating_sub(blank);
+        }
         let ahead = conn.ahead();
         if !ahead.is_empty() {
             if let Some(len) = head_end(ahead, scanned) {
                 if len > MAX_HEAD {
                     return Err(NoHead::TooLarge);
                 }
-                return Ok(Head {
-                    len,
-                    upgrade: asks_upgrade(&ahead[..len]),
-                });
+                return parse_head(&ahead[..len]);
             }
             if ahead.len() > MAX_HEAD {
                 return Err(NoHead::TooLarge);
             }
-            // Bytes no request head can hold (a TLS hello, garbage): let Pingora's
-            // parser answer them now rather than wait for a head that never ends.
+            // Bytes no request head can hold (a TLS hello, garbage): refused now rather
+            // than after waiting for a head that never ends.
             if !ahead[0].is_ascii_alphabetic() || ahead[scanned..].iter().any(|b| never_in_head(*b))
             {
-                return Err(NoHead::Unparsable);
+                return Err(NoHead::Malformed("not an HTTP/1.1 request"));
             }
             scanned = ahead.len();
         }
@@ -101,7 +125,7 @@ pub async fn read_head(conn: &mut Conn) -> Result<Head, NoHead> {
         match pingora::prelude::fast_timeout::fast_timeout(left, conn.read_ahead()).await {
             Ok(Ok(0)) | Ok(Err(_)) => return Err(NoHead::Closed),
             Ok(Ok(_)) => {
-                if scanned == 0 {
+                if scanned == 0 && leading_empty_lines(conn.ahead()) < conn.ahead().len() {
                     // The head's first bytes: from now on the head deadline runs.
                     deadline = Some(tokio::time::Instant::now() + HEAD_TIMEOUT);
                 }
@@ -117,29 +141,51 @@ fn never_in_head(b: u8) -> bool {
     (b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n')) || b == 0x7f
 }
 
-/// Whether a complete head asks for a WebSocket upgrade: an `Upgrade` header line (any
-/// case) naming `websocket`. A scan of the line starts, without parsing: every other
-/// request goes to Pingora, whose parser reads the head anyway and answers what is
-/// malformed, and whose upstream policy drops other upgrades (`h2c`).
-pub fn asks_upgrade(head: &[u8]) -> bool {
-    const NAME: &[u8] = b"upgrade:";
-    const WEBSOCKET: &[u8] = b"websocket";
-    head.split(|b| *b == b'\n').skip(1).any(|line| {
-        line.len() > NAME.len()
-            && line[..NAME.len()].eq_ignore_ascii_case(NAME)
-            && line[NAME.len()..]
-                .windows(WEBSOCKET.len())
-                .any(|w| w.eq_ignore_ascii_case(WEBSOCKET))
+/// Parses a complete head (as Pingora's reader parses it: `httparse`), its framing,
+/// and whether it asks for a WebSocket upgrade.
+pub fn parse_head(bytes: &[u8]) -> Result<Head, NoHead> {
+    const BAD: NoHead = NoHead::Malformed("the request head is not valid HTTP/1.1");
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) if len == bytes.len() => {}
+        Err(httparse::Error::TooManyHeaders) => return Err(NoHead::TooLarge),
+        _ => return Err(BAD),
+    }
+    let framing = request_framing(req.headers).map_err(|e| NoHead::Malformed(framing_reason(e)))?;
+    let upgrade = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
+        .flat_map(|h| h.value.split(|b| *b == b','))
+        .any(|token| {
+            let name = token.trim_ascii();
+            let name = name.split(|b| *b == b'/').next().unwrap_or(name);
+            name.eq_ignore_ascii_case(b"websocket")
+        });
+    let upgrade = if upgrade {
+        Some(request_header(&req).ok_or(BAD)?)
+    } else {
+        None
+    };
+    Ok(Head {
+        len: bytes.len(),
+        framing,
+        upgrade,
     })
 }
 
-/// The parsed head of an upgrade request.
-pub fn parse_request(head: &[u8]) -> Option<RequestHeader> {
-    let mut headers = [httparse::EMPTY_HEADER; 256];
-    let mut req = httparse::Request::new(&mut headers);
-    let Ok(httparse::Status::Complete(_)) = req.parse(head) else {
-        return None;
-    };
+/// The reason of a framing refusal, as the `400` says it.
+fn framing_reason(e: FramingError) -> &'static str {
+    match e {
+        FramingError::BadLength => "Content-Length must be given once, as a single number",
+        FramingError::BadCoding => "only one Transfer-Encoding, chunked, is accepted",
+        FramingError::Both => "Content-Length and Transfer-Encoding must not be combined",
+    }
+}
+
+/// The parsed request as Pingora's header type, for the tunnel's decision.
+fn request_header(req: &httparse::Request<'_, '_>) -> Option<RequestHeader> {
     let method = http::Method::from_bytes(req.method?.as_bytes()).ok()?;
     let mut out =
         RequestHeader::build(method, req.path?.as_bytes(), Some(req.headers.len())).ok()?;
@@ -217,6 +263,19 @@ pub fn push_headers(out: &mut Vec<u8>, headers: &http::HeaderMap) {
     }
 }
 
+/// How an answer's body is framed (RFC 9112 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseBody {
+    /// None: 1xx, 204, 304 (and any answer to `HEAD`, which the caller knows).
+    None,
+    /// `Content-Length`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked` (which overrides a length).
+    Chunked,
+    /// Until the upstream closes.
+    Close,
+}
+
 /// The upstream's answer head and the bytes that came with it.
 #[derive(Debug)]
 pub struct Received {
@@ -224,8 +283,26 @@ pub struct Received {
     pub bytes: Vec<u8>,
     /// Length of the head in `bytes`.
     pub head_len: usize,
-    /// The answer's `Content-Length`, if it has one.
-    pub content_length: Option<u64>,
+    /// How the body after the head is framed.
+    pub body: ResponseBody,
+}
+
+/// The framing of an answer with this status and headers.
+fn response_body(code: u16, headers: &[httparse::Header<'_>]) -> ResponseBody {
+    if (100..200).contains(&code) || code == 204 || code == 304 {
+        return ResponseBody::None;
+    }
+    let named = |name: &'static str| {
+        headers
+            .iter()
+            .find(move |h| h.name.eq_ignore_ascii_case(name))
+    };
+    if named("transfer-encoding").is_some() {
+        return ResponseBody::Chunked;
+    }
+    named("content-length")
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+        .map_or(ResponseBody::Close, ResponseBody::Length)
 }
 
 /// Reads the upstream's answer head; `Err(true)` on timeout, `Err(false)` when the
@@ -242,18 +319,14 @@ pub async fn read_response_head<S: AsyncRead + Unpin>(
                 let mut resp = httparse::Response::new(&mut headers);
                 return match resp.parse(&bytes[..head_len]) {
                     Ok(httparse::Status::Complete(_)) => {
-                        let content_length = resp
-                            .headers
-                            .iter()
-                            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                            .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok());
                         let code = resp.code.unwrap_or(502);
+                        let body = response_body(code, resp.headers);
                         Ok((
                             code,
                             Received {
                                 bytes,
                                 head_len,
-                                content_length,
+                                body,
                             },
                         ))
                     }
@@ -293,11 +366,39 @@ mod tests {
             }
         }
         assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\n", 0), Some(24));
-        assert!(asks_upgrade(&head[..end]));
-        assert!(!asks_upgrade(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
-        let h2c = b"GET / HTTP/1.1\r\nUpgrade: h2c\r\nUpgrade-Insecure-Requests: 1\r\n\r\n";
-        assert!(!asks_upgrade(h2c));
-        let upper = b"GET / HTTP/1.1\r\nUPGRADE:WebSocket\r\n\r\n";
-        assert!(asks_upgrade(upper));
+    }
+
+    fn upgrade(head: &[u8]) -> bool {
+        parse_head(head).is_ok_and(|h| h.upgrade.is_some())
+    }
+
+    #[test]
+    fn heads_are_classified_by_their_parse() {
+        assert!(upgrade(
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n"
+        ));
+        assert!(upgrade(b"GET / HTTP/1.1\r\nUPGRADE:WebSocket\r\n\r\n"));
+        assert!(upgrade(
+            b"GET / HTTP/1.1\r\nUpgrade: h2c, websocket/13\r\n\r\n"
+        ));
+        assert!(!upgrade(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        let h2c = b"GET / HTTP/1.1\r\nUpgrade: h2c\r\nUpgrade-Insecure-Requests: 1\r\nX: websocket\r\n\r\n";
+        assert!(!upgrade(h2c));
+        assert_eq!(leading_empty_lines(b"\r\n\nGET"), 3);
+        assert_eq!(leading_empty_lines(b"\rGET"), 0);
+        for bad in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_head(bad), Err(NoHead::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let head = parse_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(head.map(|h| h.framing), Ok(Framing::Chunked));
     }
 }

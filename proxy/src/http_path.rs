@@ -9,14 +9,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::http::error_resp;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
 use crate::decision::{Answer, Decision, Forward, Outcome};
-use crate::engineio::{EngineRequest, Scan};
+use crate::engineio::{EngineRequest, Fed};
 use crate::gateway::{Gateway, InFlightGuard};
 use crate::socketio;
 use crate::verify::AuthError;
@@ -90,13 +90,7 @@ impl ProxyHttp for HttpPath {
         _session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
-        let picked = match ctx.forward.as_mut() {
-            Some(f) => self
-                .0
-                .pick_upstream(f.sid.as_deref(), f.sticky, f.handshake.as_mut()),
-            None => self.0.pick_upstream(None, 0, None),
-        };
-        let Some((addr, _)) = picked else {
+        let Some(addr) = self.0.pick_upstream(ctx.forward.as_mut()) else {
             return Err(Error::create(
                 ErrorType::ConnectNoRoute,
                 ErrorSource::Upstream,
@@ -115,42 +109,78 @@ impl ProxyHttp for HttpPath {
     }
 
     /// The request as it is written upstream, after Pingora's hop-by-hop sanitizing:
-    /// the identity headers are set here, last, so that nothing can remove them.
+    /// the identity headers are set here, last, so that nothing can remove them. This
+    /// path never switches protocols (the tunnel carries WebSockets), so an `Upgrade`
+    /// the client asked for (`h2c`) is not passed on.
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        upstream_request.remove_header(&header::UPGRADE);
         for (name, value) in ctx.forward.iter().flat_map(|f| &f.identity) {
             upstream_request.insert_header(name.clone(), value.clone())?;
         }
         Ok(())
     }
 
-    /// The answer to a handshake binds the session it opens to the handshake's user
-    /// (and server), before the client can send a request of that session.
+    /// A handshake's answer gets the sealed `sid` (README "Engine.IO sessions"), so its
+    /// length changes: it goes on chunked (HTTP/2 frames it anyway).
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let handshake = ctx.forward.as_ref().is_some_and(|f| f.handshake.is_some());
+        if handshake && !upstream_response.status.is_informational() {
+            if upstream_response.status == 200 {
+                upstream_response.remove_header(&header::CONTENT_LENGTH);
+                if session.req_header().version == http::Version::HTTP_11 {
+                    upstream_response.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+                }
+            } else if let Some(f) = ctx.forward.as_mut() {
+                // No session opened: nothing to rewrite.
+                f.handshake = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// The answer to a handshake: its open packet's `sid` is replaced by the sealed one
+    /// before the client sees it; bytes are held only while the packet is incomplete.
     fn response_body_filter(
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
         let Some(slot) = ctx.forward.as_mut().map(|f| &mut f.handshake) else {
             return Ok(None);
         };
-        if let (Some(handshake), Some(chunk)) = (slot.as_mut(), body.as_ref()) {
-            match handshake.feed(chunk) {
-                Scan::More => {}
-                Scan::Sid(sid) => {
-                    if let Some(h) = slot.take() {
-                        self.0.session_opened(&sid, h);
-                    }
-                }
-                Scan::None => *slot = None,
+        let Some(handshake) = slot.as_mut() else {
+            return Ok(None);
+        };
+        let chunk = body.take().unwrap_or_default();
+        let (user, server) = (handshake.user.clone(), handshake.server);
+        let fed = handshake.feed(&chunk, |sid| self.0.seal_sid(&user, server, sid));
+        let out = match fed {
+            Fed::Hold if end_of_stream => Some(handshake.finish()),
+            Fed::Hold => None,
+            Fed::Rewritten(bytes) | Fed::Unchanged(bytes) => {
+                *slot = None;
+                Some(bytes)
             }
-        }
+            Fed::Refused => {
+                return Error::e_explain(
+                    ErrorType::InternalError,
+                    "the open packet's sid could not be sealed",
+                );
+            }
+        };
+        *body = out.map(Bytes::from);
         Ok(None)
     }
 

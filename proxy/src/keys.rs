@@ -20,7 +20,7 @@ mod sources;
 
 use load::load_set;
 pub use load::{KeyError, parse_jwks, read_secret};
-pub use sources::{JwksFetcher, KeyWatcher};
+pub use sources::{JwksFetcher, KeyWatcher, first_fetch};
 
 /// Minimum length of an HMAC secret: 256 bits (RFC 8725 §3.5).
 pub const MIN_SECRET_BYTES: usize = 32;

@@ -26,11 +26,17 @@
 //! - [`decision`]: what is decided about a request (forward it, or answer it), and
 //!   every answer the gateway writes itself.
 //! - [`gateway`]: the decision, [`gateway::Gateway::authenticate`], step by step.
-//! - [`sessions`]: the Engine.IO sessions seen opened: their user, and their server.
+//! - [`sealed_sid`]: the Engine.IO `sid` the client holds: the upstream's own, its
+//!   user and its server, sealed with the session key.
 //! - [`upstreams`]: which server a request goes to (stickiness, health, sessions).
 //! - [`upstream_tls`]: TLS to the upstreams, shared by tunnels and health checks.
-//! - [`head`]: HTTP/1 heads read and written by the gateway (bounded in size and time).
+//! - [`head`]: HTTP/1 heads read and written by the gateway (bounded in size and time,
+//!   parsed once with `httparse`).
+//! - [`framing`]: where a request message ends (its length, or its chunked body's end),
+//!   so that [`conn`] hands readers one message at a time.
 //! - [`tunnel`]: upgrades carried by the gateway itself: decision, upstream, `101`.
+//! - [`open_frame`]: the first frame of a WebSocket-only session, read whole and
+//!   written again with the sealed `sid`.
 //! - [`relay`]: an open tunnel's bytes both ways, and the close at token expiry.
 //! - [`socketio`]: refusals spoken in socket.io's protocol (`reject_with = "socketio"`).
 //! - [`assertion`]: the optional signed identity assertion and its JWK Set.
@@ -48,6 +54,7 @@ pub mod decision;
 pub mod engineio;
 pub mod failures;
 pub mod file_stamp;
+pub mod framing;
 pub mod gateway;
 pub mod head;
 pub mod http_path;
@@ -55,12 +62,13 @@ pub mod keys;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod open_frame;
 pub mod path;
 pub mod refusal;
 pub mod relay;
 pub mod request;
+pub mod sealed_sid;
 pub mod server;
-pub mod sessions;
 pub mod socketio;
 pub mod token;
 pub mod tunnel;

@@ -16,6 +16,9 @@ use tracing_subscriber::fmt::MakeWriter;
 
 const REDACTED: &str = "[redacted]";
 
+/// Targets that dump message bodies below `info`: capped at `info`.
+const QUIET_TARGETS: [&str; 2] = ["pingora_proxy=info", "pingora_core=info"];
+
 /// Removes secrets from text, whatever their spelling: JWT-shaped strings, `Bearer` and
 /// `Basic` credentials, the values of the token query parameters, token cookies and the
 /// Engine.IO `sid` (names compared after percent-decoding and in any letter case, as
@@ -62,7 +65,12 @@ impl Redactor {
     /// `Authorization` (which covers `Proxy-Authorization`) header values.
     pub fn for_sources(sources: &[TokenSource]) -> Self {
         let mut params: Vec<Vec<u8>> = vec![b"token".to_vec(), b"sid".to_vec()];
-        let mut headers: Vec<Vec<u8>> = vec![b"cookie".to_vec(), b"authorization".to_vec()];
+        // `sid` also as a JSON member (`"sid":"…"`, the open packet) and in any dump of it.
+        let mut headers: Vec<Vec<u8>> = vec![
+            b"cookie".to_vec(),
+            b"authorization".to_vec(),
+            b"sid".to_vec(),
+        ];
         for s in sources {
             match s {
                 TokenSource::Query(n) | TokenSource::Cookie(n) => {
@@ -160,7 +168,9 @@ impl Redactor {
             .iter()
             .find(|h| b.len() > i + h.len() && b[i..i + h.len()].eq_ignore_ascii_case(h))?;
         let mut j = i + name.len();
-        if b.get(j) == Some(&b'"') {
+        if b[j..].starts_with(b"\\\"") {
+            j += 2;
+        } else if b.get(j) == Some(&b'"') {
             j += 1;
         }
         while matches!(b.get(j), Some(b' ' | b'\t')) {
@@ -248,6 +258,12 @@ static WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
 /// on the request path.
 pub fn init(redactor: Redactor) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Pingora logs whole requests and response bodies (socket.io messages, open
+    // packets with their sid) at debug: never below info, whatever `RUST_LOG` says.
+    let filter = QUIET_TARGETS
+        .iter()
+        .filter_map(|d| d.parse().ok())
+        .fold(filter, EnvFilter::add_directive);
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(BUFFERED_LINES)
@@ -341,6 +357,12 @@ mod tests {
             ("x-token: SECRET3", "SECRET3"),
             (r#"cookie: io_token="SECRET4""#, "SECRET4"),
             ("access=SECRET5", "SECRET5"),
+            (r#"body: 0{"sid":"SIDSECRET6","upgrades":[]}"#, "SIDSECRET6"),
+            (
+                r#"Body(Some(b"0{\"sid\":\"SIDSECRET7\",\"upgrades\":[]}"))"#,
+                "SIDSECRET7",
+            ),
+            (r#"{"sid" : "SIDSECRET8"}"#, "SIDSECRET8"),
         ] {
             let out = r.redact(text);
             assert!(!out.contains(secret), "{secret} in {out}");

@@ -35,6 +35,9 @@ pub enum ErrorCode {
     /// A valid token of another user than the one whose handshake opened the
     /// Engine.IO session it names (`403`).
     SessionMismatch,
+    /// An Engine.IO `sid` no gateway with this session key handed out (`400`): the
+    /// client opens a new session.
+    UnknownSession,
 }
 
 impl ErrorCode {
@@ -54,6 +57,7 @@ impl ErrorCode {
         ErrorCode::MissingClaim,
         ErrorCode::TokenLifetime,
         ErrorCode::SessionMismatch,
+        ErrorCode::UnknownSession,
     ];
 
     /// Position in [`ErrorCode::ALL`].
@@ -77,6 +81,7 @@ impl ErrorCode {
             ErrorCode::MissingClaim => "missing_claim",
             ErrorCode::TokenLifetime => "token_lifetime",
             ErrorCode::SessionMismatch => "session_mismatch",
+            ErrorCode::UnknownSession => "unknown_session",
         }
     }
 }

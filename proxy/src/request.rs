@@ -4,6 +4,8 @@
 //! `Connection` header that would remove headers the gateway sets, and the target
 //! split into path and query and joined again after rewriting.
 
+use std::ops::Range;
+
 use http::{HeaderName, header};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
@@ -141,22 +143,16 @@ impl IdentityNames {
     }
 }
 
-/// Removes the token from where it was found (`auth.strip_token`); a token in the
-/// query comes back as the new query.
-pub fn strip_token(
-    req: &mut RequestHeader,
-    location: Location,
-    query: Option<&[u8]>,
-) -> Result<Option<Vec<u8>>> {
+/// Removes a token found in a header or cookie (`auth.strip_token`); a token in the
+/// query goes with [`rewrite_query`].
+pub fn strip_token_header(req: &mut RequestHeader, location: &Location) -> Result<()> {
     match location {
-        Location::Query(range) => {
-            return Ok(Some(token::strip_query(query.unwrap_or_default(), range)));
-        }
+        Location::Query(_) => {}
         Location::Authorization => {
             req.remove_header(&header::AUTHORIZATION);
         }
         Location::Header(name) => {
-            req.remove_header(&name);
+            req.remove_header(name);
         }
         Location::Cookie(name) => {
             let kept = req
@@ -164,7 +160,7 @@ pub fn strip_token(
                 .get_all(header::COOKIE)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
-                .filter_map(|v| token::strip_cookie(v, &name))
+                .filter_map(|v| token::strip_cookie(v, name))
                 .collect::<Vec<_>>()
                 .join("; ");
             req.remove_header(&header::COOKIE);
@@ -173,7 +169,38 @@ pub fn strip_token(
             }
         }
     }
-    Ok(None)
+    Ok(())
+}
+
+/// The query sent upstream: the token's `name=value` pair at `token` removed (with one
+/// adjoining `&`), and the `sid=` pair at `sid` replaced by `sid=<upstream's sid>`;
+/// every other byte kept, in order.
+pub fn rewrite_query(
+    query: &[u8],
+    token: Option<Range<usize>>,
+    sid: Option<(Range<usize>, &[u8])>,
+) -> Vec<u8> {
+    let Some((sid_range, upstream_sid)) = sid else {
+        return token.map_or_else(|| query.to_vec(), |t| token::strip_query(query, t));
+    };
+    let mut out = Vec::with_capacity(query.len() + upstream_sid.len());
+    out.extend_from_slice(&query[..sid_range.start]);
+    out.extend_from_slice(b"sid=");
+    out.extend_from_slice(upstream_sid);
+    out.extend_from_slice(&query[sid_range.end..]);
+    match token {
+        None => out,
+        Some(t) => {
+            // The pairs do not overlap; one after the sid moved with it.
+            let t = if t.start >= sid_range.end {
+                let shifted = |i: usize| (i + out.len()).saturating_sub(query.len());
+                shifted(t.start)..shifted(t.end)
+            } else {
+                t
+            };
+            token::strip_query(&out, t)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -195,5 +222,22 @@ mod tests {
         assert_eq!(split_target(b"/a"), (&b"/a"[..], None));
         assert_eq!(join_target(b"/a", Some(b"")), b"/a");
         assert_eq!(join_target(b"/a", Some(b"x=1")), b"/a?x=1");
+    }
+
+    #[test]
+    fn the_query_loses_the_token_and_carries_the_upstream_sid_every_other_byte_kept() {
+        let q = b"EIO=4&transport=polling&sid=SEALED&t=N%2Fx&token=abc";
+        let sid = (24..34, &b"up1"[..]);
+        assert_eq!(
+            rewrite_query(q, Some(43..52), Some(sid.clone())),
+            b"EIO=4&transport=polling&sid=up1&t=N%2Fx"
+        );
+        let q = b"token=abc&EIO=4&sid=SEALED&t=1";
+        assert_eq!(
+            rewrite_query(q, Some(0..9), Some((16..26, b"upstream-sid-x"))),
+            b"EIO=4&sid=upstream-sid-x&t=1"
+        );
+        assert_eq!(rewrite_query(b"a=1&token=x", Some(4..11), None), b"a=1");
+        assert_eq!(rewrite_query(b"sid=S", None, Some((0..5, b"u"))), b"sid=u");
     }
 }

@@ -114,6 +114,9 @@ pub enum ServerError {
     /// The TLS listener could not be set up.
     #[error("proxy.tls: {0}")]
     Tls(String),
+    /// The runtime of the first key fetch could not be started.
+    #[error("cannot start the first auth.jwks_url fetch: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// Runs the gateway until SIGTERM (drain, then return), SIGQUIT (hand the listening
@@ -136,6 +139,25 @@ pub fn run(
     let conf = server_conf(&settings);
     if upgrade {
         tracing::info!(socket = %conf.upgrade_sock, "waiting for the running gateway's listening sockets (send it SIGQUIT)");
+    }
+    // With `jwks_url`, the keys come before the listener: the first requests (also
+    // those a graceful upgrade hands over) are judged with keys, not refused `503`.
+    let keys = &settings.auth.keys;
+    let first_wait = match keys.url() {
+        Some(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(ServerError::Runtime)?
+            .block_on(crate::keys::first_fetch(
+                keys,
+                settings.upstream.connect_timeout,
+            )),
+        None => Duration::ZERO,
+    };
+    if !settings.auth.sid_key_configured {
+        tracing::info!(
+            "no auth.session_key_env or auth.session_key_file: Engine.IO sessions are sealed with a random key, so they end with this process and no other gateway can read them"
+        );
     }
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
@@ -206,9 +228,12 @@ pub fn run(
         metrics.add_tcp(&addr.to_string());
         server.add_service(metrics);
     }
-    let keys = &settings.auth.keys;
     if keys.url().is_some() {
-        let fetcher = JwksFetcher { keys: keys.clone() };
+        let fetcher = JwksFetcher {
+            keys: keys.clone(),
+            connect_timeout: settings.upstream.connect_timeout,
+            first_wait,
+        };
         server.add_service(background_service("jwks_url fetcher", fetcher));
     }
     if keys.watched_file().is_some() {

@@ -17,35 +17,51 @@ use pingora::http::RequestHeader;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::conn::Conn;
-use crate::decision::{Answer, Decision};
-use crate::engineio::EngineRequest;
+use crate::decision::{Answer, Decision, Forward, Outcome};
+use crate::engineio::{EngineRequest, Fed, Handshake, rewrite_open_packet};
+use crate::framing::{ChunkedEnd, Framing};
 use crate::gateway::Gateway;
 use crate::head::{
-    Head, NoHead, UPSTREAM_HEAD_TIMEOUT, parse_request, read_response_head, request_bytes,
+    NoHead, Received, ResponseBody, UPSTREAM_HEAD_TIMEOUT, read_response_head, request_bytes,
     serialize, strip_hop_by_hop,
 };
+use crate::open_frame::{self, First};
 use crate::relay::{End, Frames, Relay};
 use crate::socketio::{self, WsRefusal};
 use crate::upstream_tls::UpstreamStream;
 use crate::verify::AuthError;
 
-/// Answers a head that could not be read, where there is anything to say.
+/// Answers a head that could not be read, where there is anything to say: `431` for
+/// one too large, `400` for one that is not HTTP/1.1 or is framed ambiguously.
 pub async fn refuse_head(gw: &Gateway, conn: &mut Conn, why: NoHead) {
-    if why == NoHead::TooLarge {
-        let answer = Answer::head_too_large();
+    let answer = match &why {
+        NoHead::TooLarge => Some(Answer::head_too_large()),
+        NoHead::Malformed(reason) => Some(Answer::bad_request(reason)),
+        NoHead::Closed | NoHead::TooSlow => None,
+    };
+    if let Some(answer) = answer {
         gw.count(answer.outcome, false);
         let _ = write_answer(gw, conn, &answer, None).await;
+        let _ = conn.shutdown().await;
     }
     tracing::debug!(?why, client = ?conn.peer_addr(), "no request head");
 }
 
-/// Carries one upgrade request whose head is in `conn`'s read-ahead bytes.
-pub async fn carry(gw: &Gateway, mut conn: Box<Conn>, head: Head) {
+/// Carries one upgrade request whose head (`len` bytes, parsed as `req`) is in `conn`'s
+/// read-ahead bytes.
+pub async fn carry(
+    gw: &Gateway,
+    mut conn: Box<Conn>,
+    len: usize,
+    framing: Framing,
+    req: RequestHeader,
+) {
     let _in_flight = gw.enter();
     let started = Instant::now();
+    conn.consume(len);
     // Deciding and opening need the request; the open tunnel does not. Boxed, so that
     // the state of the first phase is freed before the tunnel settles in for hours.
-    let Some(opened) = Box::pin(open(gw, &mut conn, head)).await else {
+    let Some(opened) = Box::pin(open(gw, &mut conn, framing, req)).await else {
         return;
     };
     relay(gw, conn, opened, started).await;
@@ -60,112 +76,80 @@ struct Opened {
     request: String,
 }
 
-/// Decides the upgrade, connects, sends it and relays the upstream's answer; `Some`
-/// once the upstream switched protocols, everything else answered and closed here.
-async fn open(gw: &Gateway, conn: &mut Conn, head: Head) -> Option<Opened> {
+/// The steps of an upgrade, each answering and closing the connection itself when it
+/// ends the request: decide, connect, send the head, read the answer, then switch.
+/// `Some` once the upstream switched protocols.
+async fn open(
+    gw: &Gateway,
+    conn: &mut Conn,
+    framing: Framing,
+    mut req: RequestHeader,
+) -> Option<Opened> {
     let peer = conn.peer_addr();
-    let client_text = peer.map(|a| a.to_string()).unwrap_or_default();
-    let parsed = parse_request(&conn.ahead()[..head.len]);
-    conn.consume(head.len);
-    let Some(mut req) = parsed else {
-        let answer = Answer::bad_request("the upgrade request head is not valid");
-        finish_answer(gw, conn, "(unparsable upgrade)", &client_text, answer, None).await;
-        return None;
-    };
-    let decision = match gw.authenticate(&mut req, peer.map(|a| a.ip())) {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::error!("deciding an upgrade failed: {e}");
-            return None;
-        }
-    };
+    let client = peer.map(|a| a.to_string()).unwrap_or_default();
+    let mut forward = decide(gw, conn, &client, framing, &mut req).await?;
     let request = gw.summary(&req);
-    let forward = match decision {
-        Decision::Answer(answer) => {
-            finish_answer(gw, conn, &request, &client_text, answer, Some(&req)).await;
-            return None;
-        }
-        Decision::Forward(f) => f,
+    let outcome = forward.outcome;
+    let fail = |timed_out| (outcome, Answer::upstream_unavailable(timed_out));
+    let Some(addr) = gw.pick_upstream(Some(&mut forward)) else {
+        let (outcome, answer) = fail(false);
+        return upstream_failed(gw, conn, outcome, answer, &req).await;
     };
-    let Some((addr, _)) = gw.pick_upstream(forward.sid.as_deref(), forward.sticky, None) else {
-        gw.count(forward.outcome, true);
-        let answer = Answer::upstream_unavailable(false);
-        let _ = write_answer(gw, conn, &answer, Some(&req)).await;
-        return None;
-    };
-    let upstream_settings = &gw.settings().upstream;
-    let connected = UpstreamStream::connect(
+    let tls = gw.settings().upstream.tls.as_ref();
+    let mut upstream = match UpstreamStream::connect(
         addr,
-        upstream_settings.tls.as_ref(),
-        upstream_settings.connect_timeout,
+        tls,
+        gw.settings().upstream.connect_timeout,
     )
-    .await;
-    let mut upstream = match connected {
+    .await
+    {
         Ok(s) => s,
         Err((timed_out, error)) => {
-            gw.count(forward.outcome, true);
-            tracing::warn!(upstream = %addr, client = %client_text, request, timed_out, %error, "upstream unreachable for an upgrade");
-            let answer = Answer::upstream_unavailable(timed_out);
-            let _ = write_answer(gw, conn, &answer, Some(&req)).await;
-            return None;
+            tracing::warn!(upstream = %addr, client, request, timed_out, %error, "upstream unreachable for an upgrade");
+            let (outcome, answer) = fail(timed_out);
+            return upstream_failed(gw, conn, outcome, answer, &req).await;
         }
     };
-    // What goes upstream: hop-by-hop headers dropped (RFC 9110 7.6.1), the upgrade
-    // kept, and the identity headers set last.
-    strip_hop_by_hop(&mut req);
-    for (name, value) in &forward.identity {
-        if req.insert_header(name.clone(), value.clone()).is_err() {
-            return None;
-        }
+    if send_head(&mut upstream, &mut req, &forward).await.is_err() {
+        let (outcome, answer) = fail(false);
+        return upstream_failed(gw, conn, outcome, answer, &req).await;
     }
-    let mut out = request_bytes(&req);
-    out.extend_from_slice(conn.ahead());
-    let early = conn.ahead().len();
-    conn.consume(early);
-    if upstream.write_all(&out).await.is_err() {
-        gw.count(forward.outcome, true);
-        let _ = write_answer(gw, conn, &Answer::upstream_unavailable(false), Some(&req)).await;
-        return None;
-    }
-    drop(out);
-    let (status, answer_bytes) = match read_response_head(&mut upstream).await {
+    let (status, answer) = match read_response_head(&mut upstream).await {
         Ok(r) => r,
         Err(timed_out) => {
-            gw.count(forward.outcome, true);
-            let _ = write_answer(
-                gw,
-                conn,
-                &Answer::upstream_unavailable(timed_out),
-                Some(&req),
-            )
-            .await;
-            return None;
+            let (outcome, answer) = fail(timed_out);
+            return upstream_failed(gw, conn, outcome, answer, &req).await;
         }
     };
     gw.count(forward.outcome, false);
-    if conn.write_all(&answer_bytes.bytes).await.is_err() || conn.flush().await.is_err() {
-        return None;
-    }
     if status != 101 {
-        // Not switching: relay the rest of the answer (by its Content-Length, else
-        // until the upstream closes), then close.
-        let rest = answer_bytes
-            .content_length
-            .map(|n| n.saturating_sub((answer_bytes.bytes.len() - answer_bytes.head_len) as u64));
-        let relay = async {
-            match rest {
-                Some(n) => tokio::io::copy(&mut (&mut upstream).take(n), conn).await,
-                None => tokio::io::copy(&mut upstream, conn).await,
-            }
-        };
-        let _ = tokio::time::timeout(UPSTREAM_HEAD_TIMEOUT, relay).await;
-        let _ = conn.shutdown().await;
-        tracing::debug!(client = %client_text, request, status, "upgrade not accepted upstream");
+        not_switching(conn, &mut upstream, answer, &req).await;
+        tracing::debug!(client, request, status, "upgrade not accepted upstream");
         return None;
     }
     let mut frames = Frames::default();
-    frames.feed(&answer_bytes.bytes[answer_bytes.head_len..]);
-    drop(answer_bytes);
+    let first = match forward.handshake.as_ref() {
+        Some(handshake) => match open_packet_frame(gw, &mut upstream, answer, handshake).await {
+            Some(bytes) => bytes,
+            None => {
+                tracing::warn!(
+                    client,
+                    request,
+                    "a WebSocket handshake's open packet could not be read or sealed; closed"
+                );
+                return None;
+            }
+        },
+        None => answer.bytes,
+    };
+    // The head, then whatever frames followed it (the first one perhaps rewritten).
+    if conn.write_all(&first).await.is_err() || conn.flush().await.is_err() {
+        return None;
+    }
+    frames.feed(&first[switching_head_len(&first)..]);
+    drop(first);
+    // Only now may the client's bytes behind its head be read: they are frames.
+    conn.open_through();
     let expiry = forward.close_at.map(|at| {
         let now = crate::gateway::now_secs();
         Duration::from_secs_f64((at - now).max(0.0))
@@ -174,9 +158,198 @@ async fn open(gw: &Gateway, conn: &mut Conn, head: Head) -> Option<Opened> {
         upstream,
         frames,
         expiry,
-        client: client_text,
+        client,
         request,
     })
+}
+
+/// The decision ([`Gateway::authenticate`]): an upgrade carries no body, and only
+/// `GET` asks for one (RFC 6455 4.1); a refusal is answered here.
+async fn decide(
+    gw: &Gateway,
+    conn: &mut Conn,
+    client: &str,
+    framing: Framing,
+    req: &mut RequestHeader,
+) -> Option<Forward> {
+    let peer = conn.peer_addr().map(|a| a.ip());
+    let decision = if framing.has_body() {
+        Decision::Answer(Answer::bad_request("an upgrade request carries no body"))
+    } else if req.method != http::Method::GET {
+        Decision::Answer(Answer::bad_request("only GET asks for a WebSocket upgrade"))
+    } else {
+        match gw.authenticate(req, peer) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!("deciding an upgrade failed: {e}");
+                return None;
+            }
+        }
+    };
+    match decision {
+        Decision::Forward(f) => Some(f),
+        Decision::Answer(answer) => {
+            let request = gw.summary(req);
+            finish_answer(gw, conn, &request, client, answer, Some(req)).await;
+            None
+        }
+    }
+}
+
+/// Writes the upgrade head upstream: hop-by-hop headers dropped (RFC 9110 7.6.1), the
+/// upgrade kept, the identity headers set last. A handshake's answer must be read by
+/// the gateway, so it offers no WebSocket extension (no compressed open packet). Only
+/// the head: the client's bytes behind it stay at the gateway until the `101`.
+async fn send_head(
+    upstream: &mut UpstreamStream,
+    req: &mut RequestHeader,
+    forward: &Forward,
+) -> io::Result<()> {
+    strip_hop_by_hop(req);
+    if forward.handshake.is_some() {
+        req.remove_header(&header::SEC_WEBSOCKET_EXTENSIONS);
+    }
+    for (name, value) in &forward.identity {
+        req.insert_header(name.clone(), value.clone())
+            .map_err(|e| io::Error::other(e.to_string()))?;
+    }
+    upstream.write_all(&request_bytes(req)).await?;
+    upstream.flush().await
+}
+
+/// The upstream did not switch protocols: its answer is relayed by its own framing
+/// (none for `HEAD`, 1xx, 204 and 304), and the connection closed. Nothing the client
+/// sent behind its head ever went upstream.
+async fn not_switching(
+    conn: &mut Conn,
+    upstream: &mut UpstreamStream,
+    answer: Received,
+    req: &RequestHeader,
+) {
+    let body = if req.method == http::Method::HEAD {
+        ResponseBody::None
+    } else {
+        answer.body
+    };
+    let head = &answer.bytes[..answer.head_len];
+    let after = &answer.bytes[answer.head_len..];
+    let relay = async {
+        conn.write_all(head).await?;
+        match body {
+            ResponseBody::None => {}
+            ResponseBody::Length(n) => {
+                let now = after.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+                conn.write_all(&after[..now]).await?;
+                let rest = n - now as u64;
+                tokio::io::copy(&mut (&mut *upstream).take(rest), conn).await?;
+            }
+            ResponseBody::Chunked => relay_chunked(conn, upstream, after).await?,
+            ResponseBody::Close => {
+                conn.write_all(after).await?;
+                tokio::io::copy(upstream, conn).await?;
+            }
+        }
+        conn.flush().await
+    };
+    let _ = tokio::time::timeout(UPSTREAM_HEAD_TIMEOUT, relay).await;
+    let _ = conn.shutdown().await;
+}
+
+/// A chunked answer body, relayed up to its end (found with [`ChunkedEnd`]).
+async fn relay_chunked(
+    conn: &mut Conn,
+    upstream: &mut UpstreamStream,
+    first: &[u8],
+) -> io::Result<()> {
+    let mut end = ChunkedEnd::default();
+    let mut buf = first.to_vec();
+    loop {
+        let n = end
+            .scan(&buf)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        conn.write_all(&buf[..n]).await?;
+        if end.done() {
+            return Ok(());
+        }
+        buf.clear();
+        buf.resize(4096, 0);
+        let read = upstream.read(&mut buf).await?;
+        if read == 0 {
+            return Ok(());
+        }
+        buf.truncate(read);
+    }
+}
+
+/// Counts a failed upstream and answers it.
+async fn upstream_failed(
+    gw: &Gateway,
+    conn: &mut Conn,
+    outcome: Outcome,
+    answer: Answer,
+    req: &RequestHeader,
+) -> Option<Opened> {
+    gw.count(outcome, true);
+    let _ = write_answer(gw, conn, &answer, Some(req)).await;
+    let _ = conn.shutdown().await;
+    None
+}
+
+/// Length of the `101` head at the start of `bytes`.
+fn switching_head_len(bytes: &[u8]) -> usize {
+    crate::head::head_end(bytes, 0).unwrap_or(0)
+}
+
+/// The `101` head and the frames after it, with the first frame (the open packet of
+/// a WebSocket-only handshake) carrying the sealed `sid` (README "Engine.IO sessions").
+/// `None` when no open packet could be read and sealed in time.
+async fn open_packet_frame(
+    gw: &Gateway,
+    upstream: &mut UpstreamStream,
+    answer: Received,
+    handshake: &Handshake,
+) -> Option<Vec<u8>> {
+    let Received {
+        mut bytes,
+        head_len,
+        ..
+    } = answer;
+    let read = async {
+        loop {
+            let (header, payload) = match open_frame::first_text(&bytes[head_len..]) {
+                First::More if bytes.len() - head_len < open_frame::MAX_OPEN_FRAME => {
+                    let mut more = [0u8; 1024];
+                    let n = upstream.read(&mut more).await.ok()?;
+                    if n == 0 {
+                        return None;
+                    }
+                    bytes.extend_from_slice(&more[..n]);
+                    continue;
+                }
+                First::More | First::Unreadable => return None,
+                First::Other => return Some(bytes),
+                First::Text { header, payload } => (header, payload),
+            };
+            let start = head_len + header;
+            let end = start + payload;
+            let seal = |sid: &[u8]| gw.seal_sid(&handshake.user, handshake.server, sid);
+            let new_payload = match rewrite_open_packet(&bytes[start..end], seal) {
+                Fed::Rewritten(p) => p,
+                Fed::Unchanged(_) => return Some(bytes),
+                Fed::Hold | Fed::Refused => return None,
+            };
+            let mut out = Vec::with_capacity(bytes.len() + new_payload.len());
+            out.extend_from_slice(&bytes[..head_len]);
+            open_frame::push_text_header(&mut out, new_payload.len());
+            out.extend_from_slice(&new_payload);
+            out.extend_from_slice(&bytes[end..]);
+            return Some(out);
+        }
+    };
+    tokio::time::timeout(UPSTREAM_HEAD_TIMEOUT, read)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Relays an open tunnel until it ends; counts and logs its end.
@@ -263,6 +436,8 @@ async fn refuse_websocket(conn: &mut Conn, req: &RequestHeader, err: &AuthError)
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {key}\r\n\r\n"
     );
     let (mut refusal, open) = WsRefusal::start(err);
+    // The gateway itself speaks WebSocket from here: the client's frames are its to read.
+    conn.open_through();
     conn.write_all(head.as_bytes()).await?;
     conn.write_all(&open).await?;
     conn.flush().await?;

@@ -1,18 +1,17 @@
 //! Where a request goes (README "Configuration", `[upstream]`): the one server, or with
-//! several, the server an Engine.IO session lives on while it is healthy, else the
-//! healthy server its sticky key hashes to (Ketama consistent hashing).
+//! several, the server an Engine.IO session lives on (sealed in its `sid`, README
+//! "Engine.IO sessions") while it is healthy, else the healthy server its sticky key
+//! hashes to (Ketama consistent hashing).
 
 use std::hash::Hasher;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::HeaderValue;
+use pingora::lb::LoadBalancer;
 use pingora::lb::selection::Consistent;
-use pingora::lb::{Backend, LoadBalancer};
 
 use crate::config::Sticky;
-use crate::engineio::Handshake;
-use crate::sessions::Sessions;
 
 /// The upstream servers.
 #[derive(Clone)]
@@ -79,35 +78,28 @@ impl Upstreams {
         }
     }
 
-    /// The server for a request: the only one, or with several the server a known
-    /// session lives on (while healthy), else the healthy one the sticky key hashes to
-    /// (remembered for the `sid`, or for the handshake's answer); `None` when no
-    /// server is healthy.
-    pub fn pick(
-        &self,
-        sessions: &Sessions,
-        sid: Option<&str>,
-        sticky: u64,
-        handshake: Option<&mut Handshake>,
-    ) -> Option<(SocketAddr, Option<Backend>)> {
+    /// The server for a request: the only one, or with several the server its
+    /// session lives on (while healthy), else the healthy one the sticky key hashes to;
+    /// `None` when no server is healthy.
+    pub fn pick(&self, session: Option<SocketAddr>, sticky: u64) -> Option<SocketAddr> {
         match self {
-            Upstreams::One(addr) => Some((*addr, None)),
+            Upstreams::One(addr) => Some(*addr),
             Upstreams::Many(lb) => {
-                let known = sid
-                    .and_then(|sid| sessions.get(sid)?.server)
-                    .filter(|b| lb.backends().ready(b));
-                let chosen = known.or_else(|| {
-                    let b = lb.select(&sticky.to_le_bytes(), 256)?;
-                    match (sid, handshake) {
-                        (Some(sid), _) => sessions.moved(sid, b.clone()),
-                        (None, Some(h)) => h.server = Some(b.clone()),
-                        (None, None) => {}
-                    }
-                    Some(b)
-                })?;
-                tracing::debug!(sticky, backend = %chosen.addr, "upstream chosen");
-                let addr = *chosen.addr.as_inet()?;
-                Some((addr, Some(chosen)))
+                let backends = lb.backends();
+                let known = session.and_then(|addr| {
+                    backends
+                        .get_backend()
+                        .iter()
+                        .find(|b| b.addr.as_inet() == Some(&addr))
+                        .filter(|b| backends.ready(b))
+                        .map(|_| addr)
+                });
+                let chosen = match known {
+                    Some(addr) => addr,
+                    None => *lb.select(&sticky.to_le_bytes(), 256)?.addr.as_inet()?,
+                };
+                tracing::debug!(sticky, backend = %chosen, "upstream chosen");
+                Some(chosen)
             }
         }
     }

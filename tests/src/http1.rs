@@ -148,23 +148,67 @@ pub async fn exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Sends raw request bytes and reads one response, complete by its `Content-Length`
-/// (or by the server closing), leaving a kept-alive connection alone. Fails after
-/// [`crate::eio::STEP`].
+/// The length of the first response in `buf` once it is complete: by its
+/// `Content-Length`, the end of its chunked body, or none for a head-only answer
+/// (`want_body` false: `HEAD`, 1xx, 204, 304).
+pub fn complete_len(buf: &[u8]) -> Option<usize> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = parse(&buf[..end]);
+    if head
+        .header("transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+    {
+        let body = &buf[end..];
+        return body
+            .windows(5)
+            .position(|w| w == b"0\r\n\r\n")
+            .filter(|p| *p == 0 || body[..*p].ends_with(b"\r\n"))
+            .map(|p| end + p + 5);
+    }
+    let len = head
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())?;
+    (buf.len() >= end + len).then_some(end + len)
+}
+
+/// Reads one response from a kept-alive connection (complete by [`complete_len`]);
+/// fails after [`crate::eio::STEP`] or when the connection closes first.
+pub async fn read_response(stream: &mut TcpStream) -> Response {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = async {
+        loop {
+            if let Some(len) = complete_len(&buf) {
+                return parse(&buf[..len]);
+            }
+            let n = stream
+                .read(&mut chunk)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                n > 0,
+                "closed before a full response: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(crate::eio::STEP, read)
+        .await
+        .unwrap_or_else(|_| panic!("no complete response within {:?}", crate::eio::STEP))
+}
+
+/// Sends raw request bytes and reads one response, complete by its `Content-Length` or
+/// chunked end (or by the server closing), leaving a kept-alive connection alone. Fails
+/// after [`crate::eio::STEP`].
 pub async fn one(addr: SocketAddr, request: &[u8]) -> Response {
     let mut s = connect_and_send(addr, request).await;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let read = async {
         loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = parse(&buf[..end + 4]);
-                let want = head
-                    .header("content-length")
-                    .and_then(|v| v.parse::<usize>().ok());
-                if want.is_some_and(|n| buf.len() >= end + 4 + n) {
-                    return;
-                }
+            if complete_len(&buf).is_some() {
+                return;
             }
             match s.read(&mut chunk).await {
                 Ok(0) | Err(_) => return,

@@ -2,7 +2,8 @@
 //! (README "Running in production at scale"): a client's requests may land on any
 //! gateway, and nothing a gateway keeps may break its session. The sticky key maps to
 //! the same server in every gateway process (a specified hash on the same Ketama ring),
-//! and a gateway that never saw a session's handshake judges its requests on the token.
+//! and a session's sid, sealed with the key the gateways share (README "Engine.IO
+//! sessions"), names its user and server at every gateway.
 
 use serde_json::json;
 use tests::eio::{Polling, event};
@@ -18,6 +19,12 @@ async fn a_polling_session_alternating_between_two_gateways_is_welcomed_and_echo
     let mut cfg = GatewayConfig::hs256(demos[0].addr);
     cfg.more_upstreams = demos[1..].iter().map(|d| d.addr).collect();
     cfg.upstream_lines = "sticky = \"token\"".into();
+    let keys = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let key_file = keys.path().join("session.key");
+    std::fs::write(&key_file, "a shared session key, at least 32 bytes long\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    cfg.auth
+        .push_str(&format!("session_key_file = \"{}\"\n", key_file.display()));
     let a = Gateway::start(&cfg).await;
     let b = Gateway::start(&cfg).await;
 

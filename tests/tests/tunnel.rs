@@ -116,7 +116,7 @@ async fn a_keep_alive_connection_upgrades_after_an_earlier_request() {
         .write_all(req.as_bytes())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let resp = read_one_response(&mut stream).await;
+    let resp = http1::read_response(&mut stream).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_ne!(resp.header("connection"), Some("close"));
     let sid = serde_json::from_str::<serde_json::Value>(&resp.text()[1..])
@@ -143,30 +143,6 @@ async fn a_keep_alive_connection_upgrades_after_an_earlier_request() {
         }
     }
     assert_eq!(welcome, Some(json!({ "user": "kim" })));
-}
-
-/// Reads one response whose length is given by `Content-Length`.
-async fn read_one_response(stream: &mut TcpStream) -> http1::Response {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = http1::parse(&buf[..end + 4]);
-            let len: usize = head
-                .header("content-length")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                return http1::parse(&buf[..end + 4 + len]);
-            }
-        }
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
-            .await
-            .unwrap_or_else(|_| panic!("no response"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(n > 0, "closed before a full response");
-        buf.extend_from_slice(&chunk[..n]);
-    }
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@ use crate::assertion::{Asserter, Signer};
 use crate::certs::{CertError, CertFiles, CertPair};
 use crate::keys::{self, KeySource, KeyStore};
 use crate::path::{PathPolicy, normalize};
+use crate::sealed_sid::SidSeal;
 use crate::token::TokenSource;
 use crate::upstream_tls::UpstreamTls;
 use crate::verify::{Rules, media_type};
@@ -101,6 +102,11 @@ pub struct AuthSettings {
     pub reject_with: RejectWith,
     /// Origins given credentialed CORS on the gateway's own answers.
     pub cors_origins: Vec<http::HeaderValue>,
+    /// Seals the Engine.IO session ids handed to clients (README "Engine.IO sessions").
+    pub sid_seal: SidSeal,
+    /// Whether its key comes from the config (shared, lasting) rather than being
+    /// random for this process.
+    pub sid_key_configured: bool,
 }
 
 impl Settings {
@@ -323,6 +329,7 @@ fn validate_auth(auth: &AuthConfig, v: &mut Problems<'_>, base_dir: &Path) -> Op
             ),
         }
     }
+    let (sid_seal, sid_key_configured) = session_key(auth, v, base_dir);
     let rules = Rules {
         issuer: auth.issuer.clone(),
         audience: auth.audience.clone(),
@@ -346,7 +353,52 @@ fn validate_auth(auth: &AuthConfig, v: &mut Problems<'_>, base_dir: &Path) -> Op
         failure_limit: auth.failure_limit,
         reject_with: auth.reject_with,
         cors_origins,
+        sid_seal: sid_seal?,
+        sid_key_configured,
     })
+}
+
+/// The key Engine.IO session ids are sealed with: `auth.session_key_env` or
+/// `auth.session_key_file` (>= 32 bytes, as HMAC secrets), else a random one; and
+/// whether it came from the config.
+fn session_key(
+    auth: &AuthConfig,
+    v: &mut Problems<'_>,
+    base_dir: &Path,
+) -> (Option<SidSeal>, bool) {
+    let source = match (&auth.session_key_env, &auth.session_key_file) {
+        (Some(_), Some(_)) => {
+            for key in ["auth.session_key_env", "auth.session_key_file"] {
+                v.push(
+                    key,
+                    "give the session key once: session_key_env or session_key_file".into(),
+                );
+            }
+            return (None, true);
+        }
+        (Some(name), None) => ("auth.session_key_env", KeySource::SecretEnv(name.clone())),
+        (None, Some(p)) => (
+            "auth.session_key_file",
+            KeySource::SecretFile(if p.is_absolute() {
+                p.clone()
+            } else {
+                base_dir.join(p)
+            }),
+        ),
+        (None, None) => {
+            let seal = SidSeal::random()
+                .map_err(|e| v.push("auth.session_key_env", e.to_string()))
+                .ok();
+            return (seal, false);
+        }
+    };
+    let (key, source) = source;
+    let seal = crate::keys::read_secret(&source)
+        .map_err(|e| e.to_string())
+        .and_then(|secret| SidSeal::new(&secret).map_err(|e| e.to_string()))
+        .map_err(|m| v.push(key, m))
+        .ok();
+    (seal, true)
 }
 
 fn validate_assertion(

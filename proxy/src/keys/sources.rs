@@ -51,6 +51,10 @@ impl BackgroundService for KeyWatcher {
 pub struct JwksFetcher {
     /// The keys it installs.
     pub keys: Arc<KeyStore>,
+    /// How long to connect to the key server (`upstream.connect_timeout`).
+    pub connect_timeout: Duration,
+    /// When to fetch first, as [`first_fetch`] said.
+    pub first_wait: Duration,
 }
 
 /// Shortest time between two fetches triggered by unknown `kid`s.
@@ -106,24 +110,58 @@ async fn fetch(
     Ok((set, refresh))
 }
 
+/// The HTTP client the fetches use: `connect_timeout` to connect (the upstream's), 5 s
+/// for a whole fetch, at most 3 redirects.
+fn client(connect_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .build()
+}
+
+/// The first fetch of a `jwks_url`, before the gateway accepts connections (README
+/// "Configuration"): so that the first requests are judged with keys, not refused
+/// `503`. One retry after a failure, then the gateway starts either way (and the
+/// fetcher keeps trying). Returns when the keys should be fetched again.
+pub async fn first_fetch(keys: &KeyStore, connect_timeout: Duration) -> Duration {
+    let Some(url) = keys.url() else {
+        return RETRY;
+    };
+    let client = match client(connect_timeout) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("auth.jwks_url: cannot build an HTTP client: {e}");
+            return RETRY;
+        }
+    };
+    for attempt in 1..=2 {
+        match fetch(&client, url, keys).await {
+            Ok((set, refresh)) => {
+                tracing::info!(url, keys = set.len(), refresh = ?refresh, "JWK Set fetched");
+                keys.install(set);
+                return refresh;
+            }
+            Err(e) => tracing::error!(url, attempt, "JWK Set not fetched before start: {e}"),
+        }
+    }
+    RETRY
+}
+
 #[async_trait]
 impl BackgroundService for JwksFetcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let keys = &self.keys;
         let Some(url) = keys.url() else { return };
-        let client = match reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()
-        {
+        let client = match client(self.connect_timeout) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("auth.jwks_url: cannot build an HTTP client: {e}");
                 return;
             }
         };
-        let mut last: Option<Instant> = None;
-        let mut wait = Duration::ZERO;
+        let mut last: Option<Instant> = Some(Instant::now());
+        let mut wait = self.first_wait;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
