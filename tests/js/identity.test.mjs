@@ -213,3 +213,49 @@ for (const rejectWith of ["http", "socketio"]) {
     });
   });
 }
+
+/** Other spellings of `sid=<sid>` that a decoding server (engine.io) reads as alice's `sid`. */
+const SID_SPELLINGS = [
+  ["first character percent-encoded", (sid) => `sid=%${sid.charCodeAt(0).toString(16).toUpperCase().padStart(2, "0")}${sid.slice(1)}`],
+  ["sid twice", (sid) => `sid=zzzz&sid=${sid}`],
+  ["%73id then sid", (sid) => `%73id=zzzz&sid=${sid}`],
+  ["SID then sid", (sid) => `SID=zzzz&sid=${sid}`],
+];
+
+describe("alice's sid under other spellings (reject_with = http)", () => {
+  let up, gw;
+  const alice = mint(claimsFor("alice"));
+  const mallory = mint(claimsFor("mallory"));
+  before(async () => {
+    up = await recordingServer();
+    gw = await startGateway({ upstreamPort: up.port, auth: `reject_with = "http"` });
+  });
+  after(() => up.ioServer.close());
+
+  for (const [name, spell] of SID_SPELLINGS) {
+    test(`${name}: poll and POST with mallory's token are 400 bad_request, nothing upstream`, async () => {
+      // The sid is whatever the gateway handed out: taken from alice's open packet.
+      const sid = await openSession(gw.port, alice);
+      const spelled = spell(sid);
+      up.seen.length = 0;
+      const poll = await raw(gw.port, `GET ${POLL}&${spelled}&token=${mallory} HTTP/1.1\nHost: gw\n`);
+      const body = '42["echo","pwned"]';
+      const post = await raw(
+        gw.port,
+        `POST ${POLL}&${spelled}&token=${mallory} HTTP/1.1\nHost: gw\nContent-Type: text/plain\nContent-Length: ${body.length}\n`,
+        body,
+      );
+      assert.ok(!poll.body.includes("welcome"), `mallory read alice's packets: ${poll.body}`);
+      for (const [how, r] of [["poll", poll], ["post", post]]) {
+        assert.equal(r.status, 400, `${how} ${spelled}: ${JSON.stringify(r)}`);
+        assert.equal(JSON.parse(r.body).error, "bad_request", `${how} ${spelled}`);
+      }
+      assert.deepEqual(up.seen, [], "mallory's requests reached the upstream");
+
+      // Alice's session is untouched: her next poll reads her welcome.
+      const mine = await raw(gw.port, `GET ${POLL}&sid=${sid}&token=${alice} HTTP/1.1\nHost: gw\n`);
+      assert.equal(mine.status, 200, JSON.stringify(mine));
+      assert.match(mine.body, /"welcome",\{"user":"alice"\}/);
+    });
+  }
+});

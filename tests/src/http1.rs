@@ -248,3 +248,101 @@ pub async fn request(
 pub async fn get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Response {
     request(addr, "GET", target, headers, b"").await
 }
+
+/// A complete chunked body at the start of `buf` (chunk extensions and trailers
+/// allowed): its length in `buf` and the de-chunked bytes; `Ok(None)` while incomplete,
+/// `Err(())` when it is not chunked framing.
+#[allow(clippy::result_unit_err)]
+pub fn chunked(buf: &[u8]) -> Result<Option<(usize, Vec<u8>)>, ()> {
+    let mut at = 0;
+    let mut body = Vec::new();
+    loop {
+        let (skip, size) = match httparse::parse_chunk_size(&buf[at..]) {
+            Ok(httparse::Status::Complete(c)) => c,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(()),
+        };
+        at += skip;
+        if size == 0 {
+            // Trailer lines up to the blank line.
+            loop {
+                let Some(eol) = buf[at..].windows(2).position(|w| w == b"\r\n") else {
+                    return Ok(None);
+                };
+                at += eol + 2;
+                if eol == 0 {
+                    return Ok(Some((at, body)));
+                }
+            }
+        }
+        let size = usize::try_from(size).map_err(|_| ())?;
+        if buf.len() < at + size + 2 {
+            return Ok(None);
+        }
+        body.extend_from_slice(&buf[at..at + size]);
+        at += size + 2;
+    }
+}
+
+/// Reads the next complete response on a kept-alive connection: `buf` holds bytes
+/// already read and keeps whatever follows the response (the next pipelined answer).
+/// Framed by `Content-Length`, chunked, or nothing for `no_body` (the answer to a
+/// `HEAD`) and 1xx/204/304; otherwise up to the end of the stream. `None` when the
+/// connection ended (or [`crate::eio::STEP`] passed) before a complete response.
+pub async fn next_response<S>(stream: &mut S, buf: &mut Vec<u8>, no_body: bool) -> Option<Response>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let mut chunk = [0u8; 4096];
+    let mut ended = false;
+    let read = async {
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head_len = end + 4;
+                let head = parse(&buf[..head_len]);
+                let te_chunked = head
+                    .header("transfer-encoding")
+                    .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+                let length = head
+                    .header("content-length")
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                let bodyless =
+                    no_body || head.status < 200 || head.status == 204 || head.status == 304;
+                let total = if bodyless {
+                    Some(head_len)
+                } else if te_chunked {
+                    match chunked(&buf[head_len..]) {
+                        Ok(Some((n, _))) => Some(head_len + n),
+                        Ok(None) => None,
+                        Err(()) => Some(buf.len()),
+                    }
+                } else if let Some(n) = length {
+                    (buf.len() >= head_len + n).then_some(head_len + n)
+                } else if ended {
+                    Some(buf.len())
+                } else {
+                    None
+                };
+                if let Some(total) = total {
+                    let mut resp = parse(&buf[..total]);
+                    if bodyless {
+                        resp.body.clear();
+                    }
+                    buf.drain(..total);
+                    return Some(resp);
+                }
+            }
+            if ended {
+                return None;
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => ended = true,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(crate::eio::STEP, read)
+        .await
+        .ok()
+        .flatten()
+}

@@ -9,6 +9,8 @@
 //! - [`procs`]: locating the binaries, spawning them, capturing their logs.
 //! - [`http1`]: a byte-exact HTTP/1.1 client (paths are sent exactly as written).
 //! - [`recorder`]: an upstream that records what reached it.
+//! - [`raw_upstream`]: a raw keep-alive HTTP/1.1 upstream recording every request it
+//!   parses on a connection (the witness for smuggled requests).
 //! - [`tokens`]: minting test tokens with the fixture keys.
 //! - [`eio`]: Engine.IO v4 / socket.io v5 over polling and WebSocket.
 
@@ -16,6 +18,7 @@ pub mod bench;
 pub mod eio;
 pub mod http1;
 pub mod procs;
+pub mod raw_upstream;
 pub mod recorder;
 pub mod tls;
 pub mod tokens;

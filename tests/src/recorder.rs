@@ -17,6 +17,8 @@ pub struct Seen {
     pub target: String,
     /// Headers, names lower-cased, in order.
     pub headers: Vec<(String, String)>,
+    /// The body (de-chunked; at most 1 MiB is read).
+    pub body: Vec<u8>,
 }
 
 impl Seen {
@@ -71,6 +73,14 @@ impl Recorder {
         let app = Router::new().fallback(move |req: Request<Body>| {
             let log = log.clone();
             async move {
+                let (req, body) = {
+                    let (parts, body) = req.into_parts();
+                    let body = axum::body::to_bytes(body, 1 << 20)
+                        .await
+                        .map(|b| b.to_vec())
+                        .unwrap_or_default();
+                    (Request::from_parts(parts, ()), body)
+                };
                 let s = Seen {
                     method: req.method().to_string(),
                     target: req
@@ -88,6 +98,7 @@ impl Recorder {
                             )
                         })
                         .collect(),
+                    body,
                 };
                 log.lock().unwrap_or_else(|p| p.into_inner()).push(s);
                 "ok"
