@@ -22,8 +22,13 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// An upgrade head for a public path, and in the same write a polling handshake with a
-/// client-chosen identity header.
+/// client-chosen identity header: as the attack was written (`HEAD`, whose answer has
+/// no body, so that a gateway relaying the answer's `Content-Length` would relay the
+/// smuggled request's answer instead).
 const BEHIND_AN_UPGRADE: &[u8] = b"HEAD / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nGET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nx-auth-user: gonzalo\r\n\r\n";
+
+/// The same behind a `GET` upgrade head, which the gateway carries to the upstream.
+const BEHIND_A_GET_UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nGET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nx-auth-user: gonzalo\r\n\r\n";
 
 const WS_HEADERS: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
 
@@ -65,41 +70,59 @@ fn text(bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn a_request_behind_an_upgrade_head_never_reaches_a_keep_alive_upstream() {
-    let up = RawUpstream::start().await;
-    let gw = Gateway::start(&http_config(up.addr)).await;
-    let (answer, closed) =
-        send_and_read_for(gw.addr, BEHIND_AN_UPGRADE, Duration::from_secs(10)).await;
-    // Nothing more can reach the upstream once its connections are gone (the wait is
-    // bounded: a gateway that keeps one open is judged by what arrived meanwhile).
-    up.wait_all_ended(Duration::from_secs(5)).await;
-    let seen = up.seen();
-    let smuggled: Vec<_> = seen
-        .iter()
-        .filter(|s| s.target.contains("socket.io") || s.all("x-auth-user").contains(&"gonzalo"))
-        .collect();
-    assert!(
-        smuggled.is_empty(),
-        "the request behind the upgrade head reached the upstream: {smuggled:?}"
-    );
-    assert_eq!(
-        seen.len(),
-        1,
-        "the upstream parsed {} requests: {seen:?}",
-        seen.len()
-    );
-    assert_eq!(seen[0].method, "HEAD", "{seen:?}");
-    assert_eq!(seen[0].target, "/", "{seen:?}");
-    let answer_text = text(&answer);
-    assert!(
-        answer_text.starts_with("HTTP/1.1 404"),
-        "not the upstream's 404: {answer_text:?}"
-    );
-    assert_eq!(
-        answer_text.matches("HTTP/1.1 ").count(),
-        1,
-        "more than one answer: {answer_text:?}"
-    );
-    assert!(closed, "the connection stayed open after the 404");
+    // A `HEAD` never asks for a WebSocket (RFC 6455 4.1): refused by the gateway; a
+    // `GET` upgrade goes upstream, whose `404` is relayed; in both cases the bytes
+    // behind the head never do.
+    for (bytes, method, forwarded) in [
+        (BEHIND_AN_UPGRADE, "HEAD", 0),
+        (BEHIND_A_GET_UPGRADE, "GET", 1),
+    ] {
+        let up = RawUpstream::start().await;
+        let gw = Gateway::start(&http_config(up.addr)).await;
+        let (answer, closed) = send_and_read_for(gw.addr, bytes, Duration::from_secs(10)).await;
+        // Nothing more can reach the upstream once its connections are gone (the wait is
+        // bounded: a gateway that keeps one open is judged by what arrived meanwhile).
+        up.wait_all_ended(Duration::from_secs(5)).await;
+        let seen = up.seen();
+        let smuggled: Vec<_> = seen
+            .iter()
+            .filter(|s| s.target.contains("socket.io") || s.all("x-auth-user").contains(&"gonzalo"))
+            .collect();
+        assert!(
+            smuggled.is_empty(),
+            "{method}: the request behind the upgrade head reached the upstream: {smuggled:?}"
+        );
+        assert_eq!(
+            seen.len(),
+            forwarded,
+            "{method}: the upstream parsed {seen:?}"
+        );
+        if let Some(first) = seen.first() {
+            assert_eq!(
+                (first.method.as_str(), first.target.as_str()),
+                (method, "/")
+            );
+        }
+        let answer_text = text(&answer);
+        let status = if forwarded == 1 {
+            "HTTP/1.1 404"
+        } else {
+            "HTTP/1.1 400"
+        };
+        assert!(
+            answer_text.starts_with(status),
+            "{method}: not {status}: {answer_text:?}"
+        );
+        assert_eq!(
+            answer_text.matches("HTTP/1.1 ").count(),
+            1,
+            "{method}: more than one answer: {answer_text:?}"
+        );
+        assert!(
+            closed,
+            "{method}: the connection stayed open after the answer"
+        );
+    }
 }
 
 #[tokio::test]
