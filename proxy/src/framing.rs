@@ -26,37 +26,69 @@ impl Framing {
 
 /// Why a request's framing is refused (`400`): a server behind the gateway could read
 /// it differently (request smuggling, RFC 9112 6.1, 6.3 and 11.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FramingError {
-    /// `Content-Length` that is not one decimal number, or given twice.
-    #[error("Content-Length must be given once, as a single number")]
-    BadLength,
-    /// A transfer coding other than one plain `chunked`.
-    #[error("only one Transfer-Encoding, chunked, is accepted")]
-    BadCoding,
-    /// Both `Content-Length` and `Transfer-Encoding`.
-    #[error("Content-Length and Transfer-Encoding must not be combined")]
+    /// A `Content-Length` that is not one decimal number (`5, 5`, `+5`, empty).
+    NotANumber,
+    /// `Content-Length` given twice.
+    TwoLengths,
+    /// A transfer coding other than plain `chunked`.
+    NotChunked,
+    /// `Transfer-Encoding` given twice.
+    TwoCodings,
+    /// Both `Content-Length` and `Transfer-Encoding` (RFC 9112 6.1 lets a server refuse
+    /// them rather than guess which one a server behind it reads).
     Both,
 }
 
-/// The framing of a request from its parsed headers.
-pub fn request_framing(headers: &[httparse::Header<'_>]) -> Result<Framing, FramingError> {
+impl std::fmt::Display for FramingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+impl std::error::Error for FramingError {}
+
+impl FramingError {
+    /// The reason, as the `400` says it.
+    pub fn reason(self) -> &'static str {
+        match self {
+            FramingError::NotANumber => "Content-Length must be a single number",
+            FramingError::TwoLengths => "Content-Length is given more than once",
+            FramingError::NotChunked => "only the chunked transfer coding is accepted",
+            FramingError::TwoCodings => "Transfer-Encoding is given more than once",
+            FramingError::Both => "Content-Length and Transfer-Encoding must not be combined",
+        }
+    }
+}
+
+/// The framing of a request from its headers (`(name, value)` pairs): the one rule for
+/// HTTP/1 heads the gateway reads and for HTTP/2 requests.
+pub fn framing_of<'h>(
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+) -> Result<Framing, FramingError> {
     let mut length = None;
     let mut chunked = false;
-    for h in headers {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let v = h.value.trim_ascii();
-            if length.is_some() || v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
-                return Err(FramingError::BadLength);
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let v = value.trim_ascii();
+            if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+                return Err(FramingError::NotANumber);
+            }
+            if length.is_some() {
+                return Err(FramingError::TwoLengths);
             }
             let n = std::str::from_utf8(v)
                 .ok()
                 .and_then(|t| t.parse::<u64>().ok())
-                .ok_or(FramingError::BadLength)?;
+                .ok_or(FramingError::NotANumber)?;
             length = Some(n);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                return Err(FramingError::BadCoding);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if !value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(FramingError::NotChunked);
+            }
+            if chunked {
+                return Err(FramingError::TwoCodings);
             }
             chunked = true;
         }
@@ -67,6 +99,11 @@ pub fn request_framing(headers: &[httparse::Header<'_>]) -> Result<Framing, Fram
         (None, true) => Ok(Framing::Chunked),
         (None, false) => Ok(Framing::None),
     }
+}
+
+/// The framing of a request head parsed by `httparse`.
+pub fn request_framing(headers: &[httparse::Header<'_>]) -> Result<Framing, FramingError> {
+    framing_of(headers.iter().map(|h| (h.name.as_bytes(), h.value)))
 }
 
 /// Longest chunk-size line (with its extensions) accepted.

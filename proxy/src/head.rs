@@ -10,7 +10,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use tokio::io::AsyncRead;
 
 use crate::conn::Conn;
-use crate::framing::{Framing, FramingError, request_framing};
+use crate::framing::{Framing, request_framing};
 
 /// Largest request or response head read (`431` past it for a request).
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -152,7 +152,7 @@ pub fn parse_head(bytes: &[u8]) -> Result<Head, NoHead> {
         Err(httparse::Error::TooManyHeaders) => return Err(NoHead::TooLarge),
         _ => return Err(BAD),
     }
-    let framing = request_framing(req.headers).map_err(|e| NoHead::Malformed(framing_reason(e)))?;
+    let framing = request_framing(req.headers).map_err(|e| NoHead::Malformed(e.reason()))?;
     let upgrade = req
         .headers
         .iter()
@@ -173,15 +173,6 @@ pub fn parse_head(bytes: &[u8]) -> Result<Head, NoHead> {
         framing,
         upgrade,
     })
-}
-
-/// The reason of a framing refusal, as the `400` says it.
-fn framing_reason(e: FramingError) -> &'static str {
-    match e {
-        FramingError::BadLength => "Content-Length must be given once, as a single number",
-        FramingError::BadCoding => "only one Transfer-Encoding, chunked, is accepted",
-        FramingError::Both => "Content-Length and Transfer-Encoding must not be combined",
-    }
 }
 
 /// The parsed request as Pingora's header type, for the tunnel's decision.

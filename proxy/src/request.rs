@@ -49,33 +49,17 @@ pub fn set_target(req: &mut RequestHeader, target: &[u8]) -> Result<()> {
 }
 
 /// Refuses message framings a server behind us could read differently (request
-/// smuggling, RFC 9112 6.1 and 6.3): more than one `Content-Length` or
-/// `Transfer-Encoding`, a `Content-Length` that is not one number, and any transfer
-/// coding other than plain `chunked`. (With both `Content-Length` and
-/// `Transfer-Encoding`, Pingora's parser has already dropped the length, as RFC 9112
-/// 6.3 says, and closes the connection after the response.)
+/// smuggling, RFC 9112 6.1 and 6.3), by the same rule as the heads the gateway reads
+/// itself ([`crate::framing::framing_of`]): for HTTP/2 requests, whose heads Pingora
+/// reads.
 pub fn framing_problem(req: &RequestHeader) -> Option<&'static str> {
-    let lengths = req.headers.get_all(header::CONTENT_LENGTH);
-    if lengths
+    let headers = req
+        .headers
         .iter()
-        .any(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit))
-    {
-        return Some("Content-Length must be a single number");
-    }
-    let mut te_count = 0;
-    for v in req.headers.get_all(header::TRANSFER_ENCODING) {
-        te_count += 1;
-        if !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
-            return Some("only the chunked transfer coding is accepted");
-        }
-    }
-    if te_count > 1 {
-        return Some("Transfer-Encoding is given more than once");
-    }
-    if lengths.iter().count() > 1 {
-        return Some("Content-Length is given more than once");
-    }
-    None
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+    crate::framing::framing_of(headers)
+        .err()
+        .map(crate::framing::FramingError::reason)
 }
 
 /// A header-name byte as servers that fold names compare it: lower case, `_` as `-`.

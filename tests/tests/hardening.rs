@@ -36,26 +36,24 @@ async fn smuggling_oversized_and_garbage_requests_are_refused_before_the_upstrea
         b.extend_from_slice(body.as_bytes());
         b
     };
-    // Content-Length with Transfer-Encoding: Pingora's parser applies RFC 9112 6.3 before
-    // any filter runs (chunked wins, Content-Length is dropped, the connection closes
-    // after the response), so the upstream gets one unambiguous message and the bytes
-    // smuggled after the chunked body are never sent anywhere.
+    // Content-Length with Transfer-Encoding (CL.TE, TE.CL): refused by the gateway's own
+    // head reader (RFC 9112 6.1 lets a server refuse them), so no reader behind it ever
+    // chooses between them, and the bytes smuggled after the body are never sent
+    // anywhere.
     for extra in [
         "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n",
         "Transfer-Encoding: chunked\r\nContent-Length: 40\r\n",
     ] {
-        up.clear();
         let smuggled = "0\r\n\r\nGET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: gw\r\nx-auth-user: admin\r\n\r\n";
         let resp = http1::raw(gw.addr, &with_body(extra, smuggled)).await;
-        assert_eq!(resp.status, 200, "{extra:?}: {}", resp.text());
+        assert_eq!(resp.status, 400, "{extra:?}: {}", resp.text());
+        assert_eq!(
+            resp.json()["message"],
+            "Content-Length and Transfer-Encoding must not be combined"
+        );
         assert_eq!(resp.header("connection"), Some("close"), "{extra:?}");
-        let seen = up.seen();
-        assert_eq!(seen.len(), 1, "{extra:?}: {seen:?}");
-        assert_eq!(seen[0].one("content-length"), None, "{extra:?}");
-        assert_eq!(seen[0].one("transfer-encoding"), Some("chunked"));
-        assert_eq!(seen[0].one("x-auth-user"), Some("alice"));
+        assert!(up.seen().is_empty(), "{extra:?}: {:?}", up.seen());
     }
-    up.clear();
 
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
