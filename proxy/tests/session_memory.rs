@@ -1,5 +1,5 @@
-//! The memory bound of the Engine.IO session map (README "What the gateway does to a
-//! request", 7): what the map holds at its full 100,000 sessions, counted by a global
+//! The memory bound of the Engine.IO session map (docs/request-handling.md,
+//! "What the gateway does to a request", 7): what the map holds at its full 100,000 sessions, counted by a global
 //! allocator that tracks live heap bytes, so the figure is exact and the same on every
 //! run.
 
@@ -32,7 +32,7 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// The README's stated bound for a full map.
+/// The documented bound for a full map.
 const BOUND_BYTES: isize = 32 * 1024 * 1024;
 
 fn fill(server: Option<Backend>) -> isize {
