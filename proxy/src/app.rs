@@ -1,4 +1,4 @@
-//! Each accepted connection (README "WebSockets"): the gateway reads every request
+//! Each accepted connection (docs/websockets.md): the gateway reads every request
 //! head itself ([`head::read_head`], bounded in size and time, parsed once), hands a
 //! WebSocket upgrade to its own tunnel ([`tunnel::carry`]), and gives every other
 //! request to Pingora's HTTP path: its head replayed and its body by the framing the
@@ -51,7 +51,7 @@ impl ServerApp for App {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         if stream.selected_alpn_proto() == Some(ALPN::H2) {
-            // HTTP/2 (offered by ALPN on TLS, README "TLS"): Pingora's own HTTP/2 server,
+            // HTTP/2 (offered by ALPN on TLS, docs/tls.md): Pingora's own HTTP/2 server,
             // every stream through the same HTTP path. WebSockets are not carried over
             // HTTP/2 (no RFC 8441 extended CONNECT): browsers open an HTTP/1.1
             // connection for them, which comes through the branch below.

@@ -1,4 +1,4 @@
-//! The gateway's own certificate (README "TLS"): `[proxy.tls]` `cert_file` (PEM chain,
+//! The gateway's own certificate (docs/tls.md): `[proxy.tls]` `cert_file` (PEM chain,
 //! leaf first) and `key_file` (PEM), checked the same way by `--check`, at start-up and
 //! on every reload: both parse, the key matches the leaf, each certificate is issued by
 //! the next one, and the leaf has not expired. Handshakes take the pair from a

@@ -1,6 +1,6 @@
-//! The TOML configuration file (README "Configuration"): its schema and defaults here,
+//! The TOML configuration file (docs/configuration.md): its schema and defaults here,
 //! one default per key in one place (the `default_*` functions and `Default` impls,
-//! which serde uses, the README table and config.toml are checked against them).
+//! which serde uses, the table in docs/configuration.md and config.toml are checked against them).
 //!
 //! Parsing ([`Config::parse`], in `parse.rs`) turns the text into these structs;
 //! unknown keys and bad types are reported with the key path and line. Validation
@@ -10,6 +10,7 @@
 //! each prefixed with its key path, so that `proxy --check` and start-up give the
 //! same answer.
 
+mod key_source;
 mod parse;
 mod settings;
 
@@ -196,11 +197,13 @@ pub enum Sticky {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RejectWith {
-    /// `401` with a JSON body (README "What the gateway does to a request").
-    #[default]
+    /// `401` with a JSON body (docs/request-handling.md).
     Http,
-    /// A socket.io `CONNECT_ERROR` the official client understands (README "Refusals the socket.io
-    /// client understands").
+    /// A socket.io `CONNECT_ERROR` the official client understands (docs/websockets.md,
+    /// "Refusals the socket.io client understands"): the default, because with `401`
+    /// the official client only sees a transport error and retries the same token
+    /// forever. Requests that are not Engine.IO v4 are still answered `401`.
+    #[default]
     Socketio,
 }
 
@@ -227,6 +230,10 @@ pub struct AuthConfig {
     /// A JWK Set fetched over HTTP(S).
     #[serde(default)]
     pub jwks_url: Option<String>,
+    /// An OpenID Connect issuer: its discovery document names the JWK Set (then
+    /// handled as `jwks_url`), and `iss` must be this issuer unless `issuer` is set.
+    #[serde(default)]
+    pub oidc_issuer: Option<String>,
     /// Required `iss` when set.
     #[serde(default)]
     pub issuer: Option<String>,

@@ -1,4 +1,4 @@
-//! The failed-authentication limit (`auth.failure_limit`, README "Hostile clients"):
+//! The failed-authentication limit (`auth.failure_limit`, docs/request-handling.md, "Hostile clients"):
 //! failures are counted per client address, IPv6 by its /64 (one subscriber's
 //! allocation), over a sliding second; past the limit the address is answered `429`
 //! before its token is even looked at.

@@ -16,10 +16,12 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use crate::file_stamp::FileStamp;
 
 mod load;
+mod oidc;
 mod sources;
 
 use load::load_set;
 pub use load::{KeyError, parse_jwks, read_secret};
+pub use oidc::{Discovery, OidcError, discover, discovery_url, is_http_url};
 pub use sources::{JwksFetcher, KeyWatcher, first_fetch};
 
 /// Minimum length of an HMAC secret: 256 bits (RFC 8725 §3.5).
@@ -38,6 +40,9 @@ pub enum KeySource {
     JwksFile(PathBuf),
     /// A JWK Set fetched over HTTP(S) by a background task.
     JwksUrl(String),
+    /// An OpenID Connect issuer, as written; validation reads its discovery document
+    /// and loads its `jwks_uri` as [`KeySource::JwksUrl`].
+    OidcIssuer(String),
 }
 
 impl KeySource {
@@ -49,6 +54,7 @@ impl KeySource {
             KeySource::PublicKeyFile(_) => "auth.public_key_file",
             KeySource::JwksFile(_) => "auth.jwks_file",
             KeySource::JwksUrl(_) => "auth.jwks_url",
+            KeySource::OidcIssuer(_) => "auth.oidc_issuer",
         }
     }
 }

@@ -41,6 +41,7 @@
 //! - [`socketio`]: refusals spoken in socket.io's protocol (`reject_with = "socketio"`).
 //! - [`assertion`]: the optional signed identity assertion and its JWK Set.
 //! - [`metrics`]: the Prometheus series, resolved once, counted in `logging`.
+//! - [`health`]: what `metrics_listen` serves: `/metrics`, `/healthz`, `/readyz`.
 //! - [`server`]: the Pingora server, built in code, with its background services.
 //! - [`logging`]: `RUST_LOG` tracing with token redaction at the sink.
 //! - [`memory`]: returning freed memory to the system after bursts.
@@ -57,6 +58,7 @@ pub mod file_stamp;
 pub mod framing;
 pub mod gateway;
 pub mod head;
+pub mod health;
 pub mod http_path;
 pub mod keys;
 pub mod logging;

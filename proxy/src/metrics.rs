@@ -1,4 +1,4 @@
-//! Prometheus metrics (README "Metrics"), registered once at start-up in the default
+//! Prometheus metrics (docs/operations.md, "Metrics"), registered once at start-up in the default
 //! registry that `metrics_listen` serves. Every labelled series is resolved here, so the
 //! request path only increments atomics.
 
@@ -120,7 +120,7 @@ mod tests {
                 .find(|s| s.get_label().iter().any(|l| l.value() == code.as_str()))
                 .unwrap_or_else(|| panic!("no series for {}", code.as_str()));
             assert_eq!(
-                series.get_counter().value(),
+                series.get_counter().get_value(),
                 (i + 1) as f64,
                 "{}",
                 code.as_str()

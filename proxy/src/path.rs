@@ -1,5 +1,5 @@
-//! Path normalization and the protected/public decision (README "What the gateway
-//! does to a request", step 2).
+//! Path normalization and the protected/public decision (docs/request-handling.md,
+//! "What the gateway does to a request", step 2).
 //!
 //! Matching works on the normalized path, and the upstream receives that same path, so a
 //! client cannot make the gateway and the upstream disagree on what was requested:

@@ -1,10 +1,10 @@
-//! Why a request is refused (README "What the gateway does to a request"): the refusal
+//! Why a request is refused (docs/request-handling.md): the refusal
 //! codes that answers, logs and metrics name, and the error that carries one with its
 //! reason.
 
 use std::borrow::Cow;
 
-/// The refusal codes (README "What the gateway does to a request"). Discriminants are
+/// The refusal codes (docs/request-handling.md). Discriminants are
 /// the declaration order, `0..COUNT`: metrics index their counters by them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::EnumCount)]
 pub enum ErrorCode {

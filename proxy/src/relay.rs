@@ -1,4 +1,4 @@
-//! An open tunnel (README "WebSockets"): bytes relayed both ways without a buffer per
+//! An open tunnel (docs/websockets.md): bytes relayed both ways without a buffer per
 //! connection (read into one buffer per worker thread, written straight through; only
 //! a write that would block keeps its remainder), WebSocket frame boundaries tracked
 //! from the upstream, and at `exp + leeway` (`close_on_expiry`) a 1008 close frame

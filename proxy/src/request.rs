@@ -1,4 +1,4 @@
-//! What the gateway checks and rewrites in a request head before deciding it (README
+//! What the gateway checks and rewrites in a request head before deciding it (docs/request-handling.md,
 //! "What the gateway does to a request", 1): framings a server behind it could read
 //! differently, client copies of the identity headers under any spelling, a
 //! `Connection` header that would remove headers the gateway sets, and the target

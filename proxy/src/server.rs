@@ -4,6 +4,7 @@
 //! config. Errors are returned; `main` decides the exit code.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -22,6 +23,7 @@ use crate::app::App;
 use crate::certs::{CertResolver, CertWatcher};
 use crate::config::Settings;
 use crate::gateway::{Gateway, InFlight};
+use crate::health::Probes;
 use crate::http_path::HttpPath;
 use crate::keys::{JwksFetcher, KeyWatcher};
 use crate::logging::Redactor;
@@ -46,6 +48,8 @@ const DOWNSTREAM_WRITE_BUFFER: usize = 0;
 struct Drain {
     in_flight: InFlight,
     grace: Duration,
+    /// Read by `/readyz` ([`Probes`]).
+    draining: Arc<AtomicBool>,
 }
 
 #[async_trait]
@@ -54,6 +58,7 @@ impl BackgroundService for Drain {
         if shutdown.changed().await.is_err() {
             return;
         }
+        self.draining.store(true, Ordering::Release);
         let deadline = Instant::now() + self.grace;
         tracing::info!(open = self.in_flight.count(), grace = ?self.grace, "draining");
         while Instant::now() < deadline {
@@ -70,7 +75,7 @@ impl BackgroundService for Drain {
     }
 }
 
-/// The listener's TLS (README "TLS"): TLS 1.2 and 1.3 (Pingora's rustls acceptor
+/// The listener's TLS (docs/tls.md): TLS 1.2 and 1.3 (Pingora's rustls acceptor
 /// allows no other), ALPN `h2` then `http/1.1`, the certificate from the resolver the
 /// watcher swaps.
 fn tls_settings(resolver: Arc<CertResolver>) -> Result<TlsSettings, ServerError> {
@@ -90,7 +95,7 @@ pub fn server_conf(settings: &Settings) -> ServerConf {
         graceful_shutdown_timeout_seconds: Some(1),
         pid_file: format!("/tmp/socketio-jwt-gateway-{port}.pid"),
         upgrade_sock: format!("/tmp/socketio-jwt-gateway-{port}.sock"),
-        // The roots Pingora's connector verifies TLS upstreams with (README "TLS");
+        // The roots Pingora's connector verifies TLS upstreams with (docs/tls.md);
         // unset, the system's.
         ca_file: settings
             .upstream
@@ -190,6 +195,12 @@ pub fn run(
             Upstreams::Many(lb)
         }
     };
+    let draining = Arc::new(AtomicBool::new(false));
+    let probes = Probes {
+        keys: settings.auth.keys.clone(),
+        upstreams: upstreams.clone(),
+        draining: draining.clone(),
+    };
     let gateway = Gateway::new(
         settings.clone(),
         Arc::new(redactor),
@@ -223,10 +234,10 @@ pub fn run(
     server.add_service(proxy);
 
     if let Some(addr) = settings.proxy.metrics_listen {
-        // Prometheus text at /metrics (the default registry, with process_* series).
-        let mut metrics = pingora_prometheus::prometheus_http_service();
-        metrics.add_tcp(&addr.to_string());
-        server.add_service(metrics);
+        // /metrics, /healthz and /readyz (docs/operations.md).
+        let mut probes = Service::new("metrics and probes".to_string(), probes.server());
+        probes.add_tcp(&addr.to_string());
+        server.add_service(probes);
     }
     if keys.url().is_some() {
         let fetcher = JwksFetcher {
@@ -249,6 +260,7 @@ pub fn run(
         Drain {
             in_flight,
             grace: settings.proxy.shutdown_grace,
+            draining,
         },
     ));
     tracing::info!(listen = %settings.proxy.listen, upstream = ?settings.upstream.servers, "gateway starting");

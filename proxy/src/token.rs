@@ -1,4 +1,4 @@
-//! Finding the token in a request (README "What the gateway does to a request")
+//! Finding the token in a request (docs/request-handling.md)
 //! and removing exactly it.
 //!
 //! The token comes from the first configured source that is present, and only from it:

@@ -1,4 +1,4 @@
-//! TLS to the upstreams (README "TLS"): `upstream.tls = true` reaches `https://` and
+//! TLS to the upstreams (docs/tls.md): `upstream.tls = true` reaches `https://` and
 //! `wss://` socket.io servers, verifying their certificate against `upstream.ca_file`
 //! (else the system's roots) for `upstream.sni` (else the server's IP address). The
 //! HTTP path gives the same CA file and name to Pingora's connector; WebSocket tunnels

@@ -1,4 +1,4 @@
-//! The verification cache (`auth.verify_cache`, README "Performance"): tokens that
+//! The verification cache (`auth.verify_cache`, docs/performance.md): tokens that
 //! verified, so that the polls of a session skip decoding and the signature check.
 
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! Every key of the gateway's configuration is documented where users look for it: a
-//! row of the README's "Configuration" table, whose default must be the real one, and a
-//! line in the demo `config.toml` (set, or commented out). The defaults live in one
+//! row of the table in `docs/configuration.md` (the README links it), whose default
+//! must be the real one, and a line in the demo `config.toml` (set, or commented out). The defaults live in one
 //! place, the schema in `proxy/src/config.rs`; this test holds the other two to it.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -63,9 +63,9 @@ fn defaults() -> toml::Table {
     toml::Table::try_from(&cfg).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// `key -> default column` of the README's configuration table.
-fn readme_rows() -> BTreeMap<String, String> {
-    read("README.md")
+/// `key -> default column` of the configuration table in `docs/configuration.md`.
+fn documented_rows() -> BTreeMap<String, String> {
+    read("docs/configuration.md")
         .lines()
         .filter_map(|l| {
             let cells: Vec<&str> = l.split(" | ").collect();
@@ -94,9 +94,9 @@ fn config_toml_keys() -> BTreeSet<String> {
 }
 
 #[test]
-fn the_readme_and_config_toml_list_every_key_with_its_real_default() {
+fn the_configuration_page_and_config_toml_list_every_key_with_its_real_default() {
     let defaults = defaults();
-    let rows = readme_rows();
+    let rows = documented_rows();
     let listed = config_toml_keys();
     let mut wrong = Vec::new();
     for section in SECTIONS {
@@ -111,7 +111,7 @@ fn the_readme_and_config_toml_list_every_key_with_its_real_default() {
                 wrong.push(format!("{path}: not in config.toml"));
             }
             let Some(documented) = rows.get(&path) else {
-                wrong.push(format!("{path}: no row in the README table"));
+                wrong.push(format!("{path}: no row in the docs/configuration.md table"));
                 continue;
             };
             let real = defaults.get(section).and_then(|s| s.get(&key));
@@ -125,7 +125,7 @@ fn the_readme_and_config_toml_list_every_key_with_its_real_default() {
                 .and_then(|mut t| t.remove("v"));
             if value.as_ref() != Some(real) {
                 wrong.push(format!(
-                    "{path}: the README says {documented}, the default is `{real}`"
+                    "{path}: docs/configuration.md says {documented}, the default is `{real}`"
                 ));
             }
         }

@@ -27,7 +27,7 @@ function chromiumOrSkip(t) {
 }
 
 /** Headless Chromium; `spki` (base64 SHA-256 of a test key's SubjectPublicKeyInfo) is
- * the one certificate key it accepts without a trusted root (README "TLS"): every other
+ * the one certificate key it accepts without a trusted root (docs/tls.md): every other
  * certificate error still fails. */
 function launchChromium({ spki } = {}) {
   return chromium.launch({

@@ -1,4 +1,4 @@
-// The demo as a cluster (README "Running in production at scale"): a real
+// The demo as a cluster (docs/clusters.md): a real
 // `redis-server`, three upstream-demo instances sharing it through socket.io's Redis
 // adapter, two gateways in front of all three, and official socket.io clients spread
 // over both gateways and the three instances.

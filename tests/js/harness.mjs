@@ -163,7 +163,7 @@ export async function startRedis({ port } = {}) {
 }
 
 /**
- * Writes a test PKI with the `testcerts` tool (rcgen, README "TLS") into a scratch
+ * Writes a test PKI with the `testcerts` tool (rcgen, docs/tls.md) into a scratch
  * directory: the gateway's CA and two leaves (`server`, `renewed`), and another CA with
  * a leaf for TLS upstreams. Resolves with the paths, serials and SPKI hashes.
  */
@@ -178,7 +178,8 @@ export async function makeCerts() {
 
 /** Starts the gateway in front of `upstreamPort` (or all of `upstreamPorts`); `auth`
  * adds `[auth]` lines, `upstream` adds `[upstream]` lines, `tls` (`{ cert, key }`)
- * serves HTTPS and WSS. */
+ * serves HTTPS and WSS. `reject_with = "http"` unless `auth` chooses: the tests of
+ * HTTP refusals predate `"socketio"` becoming the default. */
 export async function startGateway({ upstreamPort, upstreamPorts, upstream = "", auth = "", audience = "socket.io", tls }) {
   const dir = scratch();
   const port = await freePort();
@@ -200,6 +201,7 @@ secret_env = "JWT_SECRET"
 issuer = "upstream-demo"
 audience = "${audience}"
 leeway = "0s"
+${/reject_with/.test(auth) ? "" : 'reject_with = "http"'}
 ${auth}
 ${tls ? `[proxy.tls]\ncert_file = "${tls.cert}"\nkey_file = "${tls.key}"\n` : ""}
 `,
@@ -315,4 +317,14 @@ export function headerTrustingServer(httpServer, extra = () => ({})) {
 /** Emits `echo` and resolves with the acknowledgement. */
 export function echo(socket, payload) {
   return socket.timeout(5_000).emitWithAck("echo", payload);
+}
+
+/** Path of a workspace binary built by `cargo build --release`. */
+export const binary = bin;
+
+/** Starts `proxy --config file` (a file the test wrote) and waits until `port` listens. */
+export async function startGatewayWith(file, port, env = {}) {
+  const proc = launch("proxy", ["--config", file], env);
+  await waitListening(port, proc);
+  return { proc, port, url: `http://127.0.0.1:${port}` };
 }

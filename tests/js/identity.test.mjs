@@ -1,4 +1,4 @@
-// Identity the upstream can trust (README "Request handling"), tried as an attacker
+// Identity the upstream can trust (docs/request-handling.md), tried as an attacker
 // would against the real gateway in front of a plain Node socket.io server that records
 // the raw headers of every request reaching it: hop-by-hop games with `Connection`,
 // underscore spellings of the identity header, and taking over another user's

@@ -1,4 +1,4 @@
-// TLS at the gateway (README "TLS") with the official socket.io client under Node: over
+// TLS at the gateway (docs/tls.md) with the official socket.io client under Node: over
 // https and wss with the test CA as the only trust root (polling, websocket-only and the
 // upgrade), the usual refusal of a bad token, a client that does not trust the CA, a
 // certificate rotated under a connected client, and a socket.io server the gateway

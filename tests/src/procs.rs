@@ -250,8 +250,15 @@ forward_claims = { role = "x-auth-role", "org.id" = "x-auth-org" }
             .chain(&self.more_upstreams)
             .map(|a| format!("\"{a}\""))
             .collect();
+        // The tests of HTTP refusals predate `reject_with = "socketio"` becoming the
+        // default: they keep `"http"` unless their `[auth]` body chooses.
+        let reject_with = if self.auth.contains("reject_with") {
+            ""
+        } else {
+            "reject_with = \"http\"\n"
+        };
         format!(
-            "[proxy]\nlisten = \"{listen}\"\nthreads = 2\n{}\n\n[upstream]\nservers = [{}]\nconnect_timeout = \"{}\"\n{}\n\n[auth]\nfailure_limit = {}\n{}\n{}\n",
+            "[proxy]\nlisten = \"{listen}\"\nthreads = 2\n{}\n\n[upstream]\nservers = [{}]\nconnect_timeout = \"{}\"\n{}\n\n[auth]\nfailure_limit = {}\n{reject_with}{}\n{}\n",
             self.proxy,
             servers.join(", "),
             self.upstream_connect_timeout,

@@ -1,4 +1,4 @@
-//! TLS for the tests (README "TLS"): a test certificate authority made with `rcgen`
+//! TLS for the tests (docs/tls.md): a test certificate authority made with `rcgen`
 //! (ECDSA P-256 keys, a CA and leaves for `127.0.0.1` and `localhost`, written as PEM
 //! files the gateway, the clients and HAProxy read), and a rustls client that trusts
 //! only a given CA and reports the certificate and protocol it was served.

@@ -1,5 +1,5 @@
 //! Several gateways in front of the same servers, as behind an L4 load balancer
-//! (README "Running in production at scale"): a client's requests may land on any
+//! (docs/clusters.md): a client's requests may land on any
 //! gateway, and nothing a gateway keeps may break its session. The sticky key maps to
 //! the same server in every gateway process (a specified hash on the same Ketama ring),
 //! and a session's sid, sealed with the key the gateways share (README "Engine.IO

@@ -1,4 +1,4 @@
-//! `jwks_url` (README "Configuration") against a local JWKS server: `503 keys_unavailable` until
+//! `jwks_url` (docs/configuration.md) against a local JWKS server: `503 keys_unavailable` until
 //! a key set was ever fetched, a rotated-in key accepted within 10 s of appearing
 //! (re-fetch on an unknown `kid`), and the last good keys kept while the server serves
 //! garbage or is down.

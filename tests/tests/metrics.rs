@@ -1,4 +1,4 @@
-//! Prometheus metrics at `metrics_listen` `/metrics` (README "Metrics"): each series moves
+//! Prometheus metrics at `metrics_listen` `/metrics` (docs/operations.md, "Metrics"): each series moves
 //! with the traffic that should move it.
 
 use std::net::SocketAddr;

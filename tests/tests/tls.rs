@@ -1,4 +1,4 @@
-//! TLS at the gateway (README "TLS") through the real binary: HTTPS with the same token
+//! TLS at the gateway (docs/tls.md) through the real binary: HTTPS with the same token
 //! rules as plain HTTP, ALPN, clients that do not trust the certificate, plain HTTP on
 //! the TLS port, WSS through the tunnel, live certificate rotation (a held connection
 //! stays, a new one gets the new serial, a broken pair keeps the last good one), and

@@ -1,4 +1,4 @@
-//! WebSockets carried by the gateway's own tunnel (README "WebSockets"), through the
+//! WebSockets carried by the gateway's own tunnel (docs/websockets.md), through the
 //! real binary: a burst of WebSocket-only socket.io connects loses none, an idle socket
 //! is closed at `exp + leeway` with a 1008 close frame, a keep-alive connection that
 //! upgrades after an earlier request works, a non-`101` answer is relayed and closed,

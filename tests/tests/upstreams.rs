@@ -1,4 +1,4 @@
-//! Several upstream servers (README "Configuration", `[upstream]`): every request of one Engine.IO session
+//! Several upstream servers (docs/configuration.md, `[upstream]`): every request of one Engine.IO session
 //! reaches the same server, a server failing its TCP health check gets no new sessions
 //! within 3 x `health_check`, it gets its share back when it returns without moving the
 //! sessions opened elsewhere meanwhile, and with no healthy server the answer is `502` JSON.

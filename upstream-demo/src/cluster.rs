@@ -1,5 +1,4 @@
-//! The Redis link of a demo instance in a cluster (README "Running in production at
-//! scale"): a pub/sub driver for socket.io's Redis adapter that survives a Redis
+//! The Redis link of a demo instance in a cluster (docs/clusters.md): a pub/sub driver for socket.io's Redis adapter that survives a Redis
 //! restart.
 //!
 //! `socketioxide-redis` 0.4's own driver holds one multiplexed connection: when Redis

@@ -48,8 +48,7 @@ pub struct DemoConfig {
     #[serde(default)]
     pub assertion_jwks_url: Option<String>,
     /// A Redis server (`redis://127.0.0.1:6379`): socket.io's Redis adapter carries
-    /// broadcasts and room membership between the instances that share it (README
-    /// "Running in production at scale"). Off: one process, no Redis.
+    /// broadcasts and room membership between the instances that share it (docs/clusters.md). Off: one process, no Redis.
     #[serde(default)]
     pub redis_url: Option<String>,
 }

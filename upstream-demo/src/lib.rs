@@ -53,6 +53,14 @@ pub enum DemoError {
     /// The session database cannot be opened.
     #[error("demo.session_db: {0}")]
     Sessions(#[from] tower_sessions_sqlx_store::sqlx::Error),
+    /// The session database file cannot be created or opened.
+    #[error("demo.session_db ({}): {error}", path.display())]
+    SessionDb {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What failed.
+        error: String,
+    },
     /// The templates do not compile.
     #[error("templates: {0}")]
     Templates(#[from] minijinja::Error),
@@ -81,10 +89,23 @@ pub struct AppState(Arc<Inner>);
 async fn sqlite_sessions(settings: &DemoSettings) -> Result<SqliteStore, DemoError> {
     let pool = match &settings.session_db {
         Some(file) => {
+            // The default file lies under target/, which only a build creates: make the
+            // directory, and name the file whatever fails.
+            let at = |error: String| DemoError::SessionDb {
+                path: file.clone(),
+                error,
+            };
+            if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| at(format!("cannot create {}: {e}", dir.display())))?;
+            }
             let opts = SqliteConnectOptions::new()
                 .filename(file)
                 .create_if_missing(true);
-            SqlitePoolOptions::new().connect_with(opts).await?
+            SqlitePoolOptions::new()
+                .connect_with(opts)
+                .await
+                .map_err(|e| at(e.to_string()))?
         }
         // One connection: every connection to ":memory:" is a database of its own.
         None => {

@@ -9,7 +9,7 @@
 //! of user `to`, through the room `user:<name>` each socket joins), and `presence`
 //! (acknowledged with the users online). With `demo.redis_url`, socket.io's Redis
 //! adapter carries broadcasts, rooms and presence across the instances of a cluster
-//! (README "Running in production at scale"); without it, one process serves them.
+//! (docs/clusters.md); without it, one process serves them.
 
 use axum::Router;
 use axum::http::HeaderName;

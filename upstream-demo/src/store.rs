@@ -1,4 +1,4 @@
-//! Where the web app's sessions live (README "Running in production at scale"): SQLite
+//! Where the web app's sessions live (docs/clusters.md): SQLite
 //! for one instance (`demo.session_db`, so signed-in users survive a restart), or
 //! Redis with `demo.redis_url`, so that any instance of a cluster serves any signed-in
 //! user.

@@ -1,4 +1,4 @@
-//! Reading the file (README "Configuration"): TOML syntax, then the schema. Every
+//! Reading the file (docs/configuration.md): TOML syntax, then the schema. Every
 //! problem is tied to its dotted key path and the line it is written on; a key with a
 //! wrong type or an unknown name is reported and left out, so that the rest is still
 //! read and validated.
@@ -139,6 +139,27 @@ fn remove_key(root: &mut toml::Value, path: &serde_path_to_error::Path) -> bool 
     }
 }
 
+/// Why the file could not be read; a missing one names the directory it was looked for
+/// in (the default `config.toml` is relative to where `proxy` was started) and the flag
+/// that names another file.
+fn unreadable(file: &Path, e: &std::io::Error) -> String {
+    if e.kind() != std::io::ErrorKind::NotFound {
+        return format!("cannot read {}: {e}", file.display());
+    }
+    let dir = match file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(p) => std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()),
+        None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+    };
+    let name = file.file_name().map_or_else(
+        || file.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    format!(
+        "there is no {name} in {}; run proxy where it is, or name the file with --config FILE",
+        dir.display()
+    )
+}
+
 impl Config {
     /// Reads and parses a file; see [`Config::parse`].
     pub fn load(file: &Path) -> Result<(Config, KeyLines, Vec<Problem>), ConfigErrors> {
@@ -147,7 +168,7 @@ impl Config {
             problems: vec![Problem {
                 key: "(file)".into(),
                 line: None,
-                message: format!("cannot read {}: {e}", file.display()),
+                message: unreadable(file, &e),
             }],
         })?;
         Self::parse(&src).map_err(|problems| ConfigErrors {

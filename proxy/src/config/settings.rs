@@ -1,13 +1,14 @@
-//! Validation (README "Configuration"): one function per section turns what was
+//! Validation (docs/configuration.md): one function per section turns what was
 //! parsed into the runtime [`Settings`], reporting *every* problem with its key path.
 //! Everything is parsed, resolved and lower-cased here, once at start-up, so the
 //! request path does no such work.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::key_source::{key_problem, key_source};
 use super::parse::{ConfigErrors, KeyLines, Problem, Problems};
 use super::{
     AssertionConfig, AuthConfig, Config, ProxyConfig, ProxyTlsConfig, RejectWith, Sticky,
@@ -15,7 +16,7 @@ use super::{
 };
 use crate::assertion::{Asserter, Signer};
 use crate::certs::{CertError, CertFiles, CertPair};
-use crate::keys::{self, KeySource, KeyStore};
+use crate::keys::{self, KeyStore};
 use crate::path::{PathPolicy, normalize};
 use crate::sealed_sid::SidSeal;
 use crate::token::TokenSource;
@@ -263,10 +264,14 @@ fn validate_auth(auth: &AuthConfig, v: &mut Problems<'_>, base_dir: &Path) -> Op
     for m in alg_problems {
         v.push("auth.algorithms", m);
     }
-    let source = key_source(auth, v, base_dir);
-    let keys = match ((!algs.is_empty()).then_some(&algs), source) {
-        (Some(algs), Some(src)) => KeyStore::load(src, algs)
-            .map_err(|(key, e)| v.push(key, e.to_string()))
+    let resolved = key_source(auth, &algs, v, base_dir);
+    let discovered_issuer = resolved
+        .as_ref()
+        .and_then(|r| r.discovery.as_ref())
+        .map(|d| d.issuer.clone());
+    let keys = match ((!algs.is_empty()).then_some(&algs), resolved) {
+        (Some(algs), Some(r)) => KeyStore::load(r.source, algs)
+            .map_err(|(key, e)| v.push(key, key_problem(auth, &e)))
             .ok(),
         _ => None,
     };
@@ -331,7 +336,8 @@ fn validate_auth(auth: &AuthConfig, v: &mut Problems<'_>, base_dir: &Path) -> Op
     }
     let (sid_seal, sid_key_configured) = session_key(auth, v, base_dir);
     let rules = Rules {
-        issuer: auth.issuer.clone(),
+        // With `oidc_issuer`, tokens must come from that issuer unless `issuer` says.
+        issuer: auth.issuer.clone().or(discovered_issuer),
         audience: auth.audience.clone(),
         leeway: auth.leeway.0.as_secs_f64(),
         require_exp: auth.require_exp,
@@ -376,10 +382,13 @@ fn session_key(
             }
             return (None, true);
         }
-        (Some(name), None) => ("auth.session_key_env", KeySource::SecretEnv(name.clone())),
+        (Some(name), None) => (
+            "auth.session_key_env",
+            crate::keys::KeySource::SecretEnv(name.clone()),
+        ),
         (None, Some(p)) => (
             "auth.session_key_file",
-            KeySource::SecretFile(if p.is_absolute() {
+            crate::keys::KeySource::SecretFile(if p.is_absolute() {
                 p.clone()
             } else {
                 base_dir.join(p)
@@ -446,70 +455,6 @@ fn validate_assertion(
     ))
 }
 
-/// Exactly one key source; `secret_env = "JWT_SECRET"` when none is written.
-fn key_source(auth: &AuthConfig, v: &mut Problems<'_>, base_dir: &Path) -> Option<KeySource> {
-    if let Some(url) = &auth.jwks_url {
-        if !(url.starts_with("http://") || url.starts_with("https://"))
-            || reqwest::Url::parse(url).is_err()
-        {
-            v.push(
-                "auth.jwks_url",
-                format!("{url:?} is not an http:// or https:// URL"),
-            );
-            return None;
-        }
-    }
-    let mut given = auth.key_sources(base_dir);
-    if given.len() > 1 {
-        let names: Vec<&str> = given.iter().map(|(k, _)| *k).collect();
-        for (key, _) in &given {
-            v.push(
-                key,
-                format!(
-                    "exactly one key source is allowed, found {}",
-                    names.join(", ")
-                ),
-            );
-        }
-        return None;
-    }
-    given.pop().map(|(_, s)| s)
-}
-
-impl AuthConfig {
-    /// The key sources written in `[auth]` with their keys, relative paths resolved
-    /// against `base_dir`; `secret_env = "JWT_SECRET"` when none is written.
-    pub fn key_sources(&self, base_dir: &Path) -> Vec<(&'static str, KeySource)> {
-        let resolve = |p: &PathBuf| {
-            if p.is_absolute() {
-                p.clone()
-            } else {
-                base_dir.join(p)
-            }
-        };
-        let mut given = Vec::new();
-        if let Some(name) = &self.secret_env {
-            given.push(("auth.secret_env", KeySource::SecretEnv(name.clone())));
-        }
-        if let Some(p) = &self.secret_file {
-            given.push(("auth.secret_file", KeySource::SecretFile(resolve(p))));
-        }
-        if let Some(p) = &self.public_key_file {
-            given.push(("auth.public_key_file", KeySource::PublicKeyFile(resolve(p))));
-        }
-        if let Some(p) = &self.jwks_file {
-            given.push(("auth.jwks_file", KeySource::JwksFile(resolve(p))));
-        }
-        if let Some(url) = &self.jwks_url {
-            given.push(("auth.jwks_url", KeySource::JwksUrl(url.clone())));
-        }
-        if given.is_empty() {
-            given.push(("auth.secret_env", KeySource::SecretEnv("JWT_SECRET".into())));
-        }
-        given
-    }
-}
-
 fn parse_addr(v: &mut Problems<'_>, key: &str, text: &str) -> Option<SocketAddr> {
     match text.parse::<SocketAddr>() {
         Ok(a) => Some(a),
@@ -559,6 +504,9 @@ pub fn load_settings(file: &Path) -> Result<Settings, ConfigErrors> {
             problems.extend(more.into_iter().filter(|p| !reported.contains(&p.key)));
         }
     }
+    // In the order of the file, as a reader goes through it; problems that no line
+    // holds come last, in the order found.
+    problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
     Err(ConfigErrors {
         file: file.to_path_buf(),
         problems,

@@ -1,4 +1,4 @@
-//! Loading keys from their source (README "Configuration", the key sources): an HMAC
+//! Loading keys from their source (docs/configuration.md, the key sources): an HMAC
 //! secret, a PEM public key, or a JWK Set, each key pinned to the algorithms it may
 //! verify. Every failure is a [`KeyError`] that says what is wrong with which file or
 //! variable, never what the secret is.
@@ -124,6 +124,8 @@ pub(super) fn load_set(source: &KeySource, allowed: &[Algorithm]) -> Result<KeyS
         }
         // Nothing until the first fetch succeeds (requests get 503 keys_unavailable).
         KeySource::JwksUrl(_) => Ok(KeySet::new(Vec::new(), true)),
+        // Validation resolves it to its `jwks_uri` first; nothing to read here.
+        KeySource::OidcIssuer(_) => Ok(KeySet::new(Vec::new(), true)),
     }
 }
 

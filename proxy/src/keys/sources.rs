@@ -1,4 +1,4 @@
-//! The key sources that change while the gateway runs (README "Configuration"): a
+//! The key sources that change while the gateway runs (docs/configuration.md): a
 //! `jwks_file` re-read when it changes, and a `jwks_url` fetched at start, refreshed at
 //! its `Cache-Control` max-age and re-fetched on an unknown `kid`. Both are Pingora
 //! background services; a failure keeps the last good keys.

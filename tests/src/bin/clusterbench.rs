@@ -1,4 +1,4 @@
-//! Broadcast load through the cluster (README "Performance"): N socket.io WebSockets
+//! Broadcast load through the cluster (docs/performance.md): N socket.io WebSockets
 //! spread over the gateways, one sender emitting `broadcast` at a fixed rate, every
 //! socket timing each delivery. Two setups side by side in one run: one gateway in front
 //! of one upstream-demo without Redis, and two gateways in front of three upstream-demo

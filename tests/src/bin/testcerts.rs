@@ -1,4 +1,4 @@
-//! Writes a test PKI for the client suites (README "TLS"), and prints what it wrote as
+//! Writes a test PKI for the client suites (docs/tls.md), and prints what it wrote as
 //! JSON: `testcerts <DIR>`.
 //!
 //! - `ca.pem`: the gateway's test CA; `server.pem`/`server.key` (serial 1) and

@@ -1,4 +1,4 @@
-//! TLS benchmark (README "Performance"): the gateway terminating TLS against HAProxy 2.6
+//! TLS benchmark (docs/performance.md): the gateway terminating TLS against HAProxy 2.6
 //! terminating TLS with the same ECDSA P-256 certificate, both verifying the token
 //! (`jwt_verify` for HAProxy) in front of the same nginx upstream, all on 127.0.0.1.
 //!

@@ -1,4 +1,4 @@
-//! What a trickled request head costs the gateway (README "Performance"): the CPU time
+//! What a trickled request head costs the gateway (docs/performance.md): the CPU time
 //! of the gateway process (all threads, from `/proc/PID/task/*/schedstat`) for one head
 //! sent at once and the same head written 150 bytes at a time, for a 60 KB head the
 //! gateway forwards and a 1 MB head it refuses at its 64 KiB limit. Prints a table.
