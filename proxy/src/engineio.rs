@@ -177,6 +177,8 @@ pub enum Fed {
     /// The bytes held so far and this chunk, unchanged: no open packet starts this
     /// answer (an error page, another protocol).
     Unchanged(Vec<u8>),
+    /// This chunk, unchanged (nothing was held): no open packet starts this answer.
+    Pass,
     /// An open packet whose `sid` can not be sealed: the answer must not reach the
     /// client.
     Refused,
@@ -195,19 +197,26 @@ impl Handshake {
     /// Feeds the next chunk of the answer body; `seal` turns the upstream's `sid` into
     /// the one the client gets.
     pub fn feed(&mut self, chunk: &[u8], seal: impl FnOnce(&[u8]) -> Option<String>) -> Fed {
-        let body: std::borrow::Cow<'_, [u8]> = if self.held.is_empty() {
-            chunk.into()
-        } else {
-            self.held.extend_from_slice(chunk);
-            std::mem::take(&mut self.held).into()
-        };
+        if self.held.is_empty() {
+            // The usual case: the whole open packet in the first chunk, nothing copied.
+            return match open_packet(chunk) {
+                Scan::Sid(found) => found.seal(chunk, seal),
+                Scan::More if chunk.len() < OPEN_PACKET_SCAN => {
+                    self.held = chunk.to_vec();
+                    Fed::Hold
+                }
+                Scan::More | Scan::None => Fed::Pass,
+            };
+        }
+        self.held.extend_from_slice(chunk);
+        let body = std::mem::take(&mut self.held);
         match open_packet(&body) {
+            Scan::Sid(found) => found.seal(&body, seal),
             Scan::More if body.len() < OPEN_PACKET_SCAN => {
-                self.held = body.into_owned();
+                self.held = body;
                 Fed::Hold
             }
-            Scan::More | Scan::None => Fed::Unchanged(body.into_owned()),
-            Scan::Sid(found) => found.seal(&body, seal),
+            Scan::More | Scan::None => Fed::Unchanged(body),
         }
     }
 
@@ -461,7 +470,7 @@ mod tests {
             let mut h = Handshake::new(http::HeaderValue::from_static("alice"));
             assert_eq!(
                 h.feed(body, sealed),
-                Fed::Unchanged(body.to_vec()),
+                Fed::Pass,
                 "{}",
                 String::from_utf8_lossy(body)
             );

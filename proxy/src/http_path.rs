@@ -167,6 +167,11 @@ impl ProxyHttp for HttpPath {
         let (user, server) = (handshake.user.clone(), handshake.server);
         let fed = handshake.feed(&chunk, |sid| self.0.seal_sid(&user, server, sid));
         let out = match fed {
+            Fed::Pass => {
+                *slot = None;
+                *body = Some(chunk);
+                return Ok(None);
+            }
             Fed::Hold if end_of_stream => Some(handshake.finish()),
             Fed::Hold => None,
             Fed::Rewritten(bytes) | Fed::Unchanged(bytes) => {

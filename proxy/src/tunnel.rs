@@ -335,7 +335,7 @@ async fn open_packet_frame(
             let seal = |sid: &[u8]| gw.seal_sid(&handshake.user, handshake.server, sid);
             let new_payload = match rewrite_open_packet(&bytes[start..end], seal) {
                 Fed::Rewritten(p) => p,
-                Fed::Unchanged(_) => return Some(bytes),
+                Fed::Unchanged(_) | Fed::Pass => return Some(bytes),
                 Fed::Hold | Fed::Refused => return None,
             };
             let mut out = Vec::with_capacity(bytes.len() + new_payload.len());
