@@ -298,7 +298,7 @@ pub struct AuthConfig {
     #[serde(default)]
     pub cors_origins: Vec<String>,
     /// The environment variable holding the key Engine.IO session ids are sealed with
-    /// (README "Engine.IO sessions", >= 32 bytes): every gateway that must read the
+    /// (docs/request-handling.md "Engine.IO sessions", >= 32 bytes): every gateway that must read the
     /// sessions another opened, or its own after a restart, needs the same key. Unset
     /// (and no `session_key_file`): a random key per process.
     #[serde(default)]

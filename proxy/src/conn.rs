@@ -4,7 +4,7 @@
 //! next bytes. It wraps any Pingora [`Stream`] (plain TCP or TLS) behind the same
 //! traits, so no code depends on the transport.
 //!
-//! What a reader behind the gateway may read is one message at a time (README "What
+//! What a reader behind the gateway may read is one message at a time (docs/request-handling.md "What
 //! the gateway does to a request"): after the gateway read a head, [`Conn::deliver`]
 //! lets through that head and its body by the framing the gateway parsed
 //! ([`crate::framing`]), and nothing more. The bytes of a pipelined next request stay

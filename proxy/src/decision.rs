@@ -1,5 +1,5 @@
 //! What the gateway decides about a request, the same whichever way the request
-//! arrived (README "What the gateway does to a request"): through Pingora's HTTP
+//! arrived (docs/request-handling.md "What the gateway does to a request"): through Pingora's HTTP
 //! phases, or as an upgrade the gateway carries itself ([`crate::tunnel`]). The
 //! decision is made by one function, [`crate::gateway::Gateway::authenticate`]; the
 //! two paths only differ in how they write an [`Answer`] and how they forward.
@@ -157,7 +157,7 @@ impl Answer {
         }
     }
 
-    /// A refused token (README "What the gateway does to a request", 6 and 7): in
+    /// A refused token (docs/request-handling.md "What the gateway does to a request", 6 and 7): in
     /// socket.io's terms for a classified Engine.IO request (`reject_with =
     /// "socketio"`), else `403` for a session of another user and `401` with a
     /// challenge for everything else.

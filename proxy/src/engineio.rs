@@ -1,4 +1,4 @@
-//! Engine.IO as the gateway reads it (README "What the gateway does to a request"):
+//! Engine.IO as the gateway reads it (docs/request-handling.md "What the gateway does to a request"):
 //! which Engine.IO request a query names (handshake, session request, WebSocket),
 //! its `sid`, and the session id in the open packet of a handshake's answer, which the
 //! gateway replaces with its sealed form ([`crate::sealed_sid`]). A request's query is

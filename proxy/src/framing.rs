@@ -3,7 +3,7 @@
 //! 7.1), with `httparse`'s chunk-size parser, the same one Pingora's HTTP/1 reader
 //! uses. [`crate::conn::Conn`] hands a reader exactly one message at a time with it,
 //! so no reader behind the gateway ever sees the bytes of the next request as part of
-//! this one (README "What the gateway does to a request").
+//! this one (docs/request-handling.md "What the gateway does to a request").
 
 /// How the body of a request is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

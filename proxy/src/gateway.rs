@@ -1,4 +1,4 @@
-//! The decision about every request, whichever way it arrived (README "What the
+//! The decision about every request, whichever way it arrived (docs/request-handling.md "What the
 //! gateway does to a request"): [`Gateway::authenticate`] is called by Pingora's HTTP
 //! phases ([`crate::http_path`]) and by the gateway's own upgrade tunnel
 //! ([`crate::tunnel`]). It reads as the steps in order; each step is a named function
@@ -238,7 +238,7 @@ impl Gateway {
         }))
     }
 
-    /// The session a request's sealed `sid` names (README "Engine.IO sessions"), when
+    /// The session a request's sealed `sid` names (docs/request-handling.md "Engine.IO sessions"), when
     /// it names one: refused when no gateway with this key handed it out, or when it
     /// belongs to another user than the token's.
     fn session_of(
@@ -379,7 +379,7 @@ impl Gateway {
     }
 
     /// The sealed `sid` the client gets for the session a handshake opened
-    /// (README "Engine.IO sessions").
+    /// (docs/request-handling.md "Engine.IO sessions").
     pub fn seal_sid(
         &self,
         user: &http::HeaderValue,

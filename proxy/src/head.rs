@@ -1,4 +1,4 @@
-//! HTTP/1 heads the gateway reads and writes itself (README "WebSockets"): every
+//! HTTP/1 heads the gateway reads and writes itself (docs/websockets.md): every
 //! request head of a client connection, read bounded in size ([`MAX_HEAD`]) and in time
 //! (a deadline for the whole head, however it is trickled) and scanned once; the
 //! upgrade request as written upstream; and the upstream's answer head.

@@ -1,4 +1,4 @@
-//! Pingora's HTTP phases (README "What the gateway does to a request"): every request
+//! Pingora's HTTP phases (docs/request-handling.md "What the gateway does to a request"): every request
 //! that is not a WebSocket upgrade ([`crate::tunnel`] carries those). One struct
 //! implements [`ProxyHttp`] around the shared [`Gateway`], per-request state lives in
 //! [`RequestCtx`], and each phase's doc comment says what it decides.
@@ -125,7 +125,7 @@ impl ProxyHttp for HttpPath {
         Ok(())
     }
 
-    /// A handshake's answer gets the sealed `sid` (README "Engine.IO sessions"), so its
+    /// A handshake's answer gets the sealed `sid` (docs/request-handling.md "Engine.IO sessions"), so its
     /// length changes: it goes on chunked (HTTP/2 frames it anyway).
     async fn response_filter(
         &self,
@@ -189,7 +189,7 @@ impl ProxyHttp for HttpPath {
         Ok(None)
     }
 
-    /// Upstream unreachable or timing out: `502`/`504` with a JSON body (README "What
+    /// Upstream unreachable or timing out: `502`/`504` with a JSON body (docs/request-handling.md "What
     /// the gateway does to a request", 10).
     async fn fail_to_proxy(
         &self,
@@ -287,7 +287,7 @@ impl HttpPath {
         session.write_response_body(Some(answer.body), true).await
     }
 
-    /// A refusal in socket.io's terms on the HTTP path (README "Refusals the socket.io
+    /// A refusal in socket.io's terms on the HTTP path (docs/request-handling.md "Refusals the socket.io
     /// client understands", [`socketio`]). WebSocket handshakes are refused by the
     /// tunnel ([`crate::tunnel`]).
     async fn refuse_socketio(

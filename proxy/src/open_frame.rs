@@ -1,4 +1,4 @@
-//! The first frame of a WebSocket-only Engine.IO session (README "Engine.IO
+//! The first frame of a WebSocket-only Engine.IO session (docs/request-handling.md "Engine.IO
 //! sessions"): the upstream's open packet, read whole by the gateway so that its `sid`
 //! can be replaced by the sealed one, and written again as a frame of its new length
 //! (RFC 6455 5.2). Frames from a server are never masked.

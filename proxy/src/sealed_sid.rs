@@ -1,4 +1,4 @@
-//! Engine.IO session ids as the gateway hands them to clients (README "Engine.IO
+//! Engine.IO session ids as the gateway hands them to clients (docs/request-handling.md "Engine.IO
 //! sessions"): the upstream's own `sid`, the user whose handshake opened the session
 //! and, with several servers, the server it lives on, sealed together with AES-256-GCM-SIV
 //! under a key from the config (`auth.session_key_env` / `auth.session_key_file`).

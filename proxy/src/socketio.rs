@@ -1,4 +1,4 @@
-//! `reject_with = "socketio"` (README "Refusals the socket.io client understands"): refusals in the protocol the socket.io
+//! `reject_with = "socketio"` (docs/request-handling.md "Refusals the socket.io client understands"): refusals in the protocol the socket.io
 //! client understands, so that moving the JWT check out of the socket.io server changes
 //! nothing for client code written against `io.use()` middleware.
 //!

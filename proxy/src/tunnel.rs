@@ -1,4 +1,4 @@
-//! Upgrades carried by the gateway itself (README "WebSockets"): the request head is
+//! Upgrades carried by the gateway itself (docs/websockets.md): the request head is
 //! read here, decided by the same [`Gateway::authenticate`] as every HTTP request,
 //! sent to the chosen upstream, and after its `101` the bytes are relayed both ways.
 //!
@@ -90,10 +90,8 @@ async fn open(
     let mut forward = decide(gw, conn, &client, framing, &mut req).await?;
     let request = gw.summary(&req);
     let outcome = forward.outcome;
-    let fail = |timed_out| (outcome, Answer::upstream_unavailable(timed_out));
     let Some(addr) = gw.pick_upstream(Some(&mut forward)) else {
-        let (outcome, answer) = fail(false);
-        return upstream_failed(gw, conn, outcome, answer, &req).await;
+        return upstream_failed(gw, conn, outcome, false, &req).await;
     };
     let tls = gw.settings().upstream.tls.as_ref();
     let mut upstream = match UpstreamStream::connect(
@@ -106,22 +104,17 @@ async fn open(
         Ok(s) => s,
         Err((timed_out, error)) => {
             tracing::warn!(upstream = %addr, client, request, timed_out, %error, "upstream unreachable for an upgrade");
-            let (outcome, answer) = fail(timed_out);
-            return upstream_failed(gw, conn, outcome, answer, &req).await;
+            return upstream_failed(gw, conn, outcome, timed_out, &req).await;
         }
     };
     if send_head(&mut upstream, &mut req, &forward).await.is_err() {
-        let (outcome, answer) = fail(false);
-        return upstream_failed(gw, conn, outcome, answer, &req).await;
+        return upstream_failed(gw, conn, outcome, false, &req).await;
     }
     let (status, answer) = match read_response_head(&mut upstream).await {
         Ok(r) => r,
-        Err(timed_out) => {
-            let (outcome, answer) = fail(timed_out);
-            return upstream_failed(gw, conn, outcome, answer, &req).await;
-        }
+        Err(timed_out) => return upstream_failed(gw, conn, outcome, timed_out, &req).await,
     };
-    gw.count(forward.outcome, false);
+    gw.count(outcome, false);
     if status != 101 {
         not_switching(conn, &mut upstream, answer, &req).await;
         tracing::debug!(client, request, status, "upgrade not accepted upstream");
@@ -281,15 +274,16 @@ async fn relay_chunked(
     }
 }
 
-/// Counts a failed upstream and answers it.
+/// Counts a failed upstream and answers it (`502`, or `504` when it timed out).
 async fn upstream_failed(
     gw: &Gateway,
     conn: &mut Conn,
     outcome: Outcome,
-    answer: Answer,
+    timed_out: bool,
     req: &RequestHeader,
 ) -> Option<Opened> {
     gw.count(outcome, true);
+    let answer = Answer::upstream_unavailable(timed_out);
     let _ = write_answer(gw, conn, &answer, Some(req)).await;
     let _ = conn.shutdown().await;
     None
@@ -301,7 +295,7 @@ fn switching_head_len(bytes: &[u8]) -> usize {
 }
 
 /// The `101` head and the frames after it, with the first frame (the open packet of
-/// a WebSocket-only handshake) carrying the sealed `sid` (README "Engine.IO sessions").
+/// a WebSocket-only handshake) carrying the sealed `sid` (docs/request-handling.md "Engine.IO sessions").
 /// `None` when no open packet could be read and sealed in time.
 async fn open_packet_frame(
     gw: &Gateway,
@@ -423,7 +417,7 @@ async fn write_answer(
     conn.flush().await
 }
 
-/// Completes a refused WebSocket-only Engine.IO handshake itself (README "Refusals the
+/// Completes a refused WebSocket-only Engine.IO handshake itself (docs/request-handling.md "Refusals the
 /// socket.io client understands"): the `101`, the open packet, `CONNECT_ERROR` for
 /// the namespace the client asks for, then the close.
 async fn refuse_websocket(conn: &mut Conn, req: &RequestHeader, err: &AuthError) -> io::Result<()> {

@@ -1,5 +1,5 @@
-//! Where a request goes (README "Configuration", `[upstream]`): the one server, or with
-//! several, the server an Engine.IO session lives on (sealed in its `sid`, README
+//! Where a request goes (docs/configuration.md, `[upstream]`): the one server, or with
+//! several, the server an Engine.IO session lives on (sealed in its `sid`, docs/request-handling.md
 //! "Engine.IO sessions") while it is healthy, else the healthy server its sticky key
 //! hashes to (Ketama consistent hashing).
 
@@ -37,7 +37,7 @@ impl std::fmt::Debug for Upstreams {
 /// function, unlike `std`'s `DefaultHasher`, whose algorithm may change between Rust
 /// releases. Every gateway process, of any build, behind the same load balancer or
 /// after a graceful upgrade, maps a key to the same point of the same Ketama ring, so
-/// to the same server (README "Running in production at scale").
+/// to the same server (docs/clusters.md).
 fn sticky_hash(bytes: &[u8]) -> u64 {
     let mut h = fnv::FnvHasher::default();
     h.write(bytes);

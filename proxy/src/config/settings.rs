@@ -103,7 +103,7 @@ pub struct AuthSettings {
     pub reject_with: RejectWith,
     /// Origins given credentialed CORS on the gateway's own answers.
     pub cors_origins: Vec<http::HeaderValue>,
-    /// Seals the Engine.IO session ids handed to clients (README "Engine.IO sessions").
+    /// Seals the Engine.IO session ids handed to clients (docs/request-handling.md "Engine.IO sessions").
     pub sid_seal: SidSeal,
     /// Whether its key comes from the config (shared, lasting) rather than being
     /// random for this process.

@@ -120,8 +120,8 @@ fn client(connect_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> 
         .build()
 }
 
-/// The first fetch of a `jwks_url`, before the gateway accepts connections (README
-/// "Configuration"): so that the first requests are judged with keys, not refused
+/// The first fetch of a `jwks_url`, before the gateway accepts connections
+/// (docs/request-handling.md, "Decisions where the spec is silent"): so that the first requests are judged with keys, not refused
 /// `503`. One retry after a failure, then the gateway starts either way (and the
 /// fetcher keeps trying). Returns when the keys should be fetched again.
 pub async fn first_fetch(keys: &KeyStore, connect_timeout: Duration) -> Duration {

@@ -1,4 +1,4 @@
-//! Session bindings under a handshake flood (README "Engine.IO sessions"): one gateway
+//! Session bindings under a handshake flood (docs/request-handling.md "Engine.IO sessions"): one gateway
 //! in front of an in-process Engine.IO stand-in that opens a session for every
 //! handshake (a fresh `sid` each) and echoes the `sid` and `x-auth-user` of every
 //! other request. Alice opens a session; then `SESSIONBENCH_HANDSHAKES` (default
