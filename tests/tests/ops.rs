@@ -348,10 +348,9 @@ async fn no_token_secret_or_credential_in_the_logs_at_debug() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let logs = gw.logs();
-    assert!(
-        logs.contains("DEBUG") && logs.contains("TRACE"),
-        "the check needs verbose logs"
-    );
+    // Verbose: the gateway's own debug lines (Pingora's targets, which dump requests
+    // and bodies below info, are held at info whatever RUST_LOG says).
+    assert!(logs.contains("DEBUG"), "the check needs verbose logs");
     assert!(
         logs.contains("reason=\"token_expired\"") || logs.contains("reason=token_expired"),
         "{logs}"

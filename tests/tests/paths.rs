@@ -107,9 +107,12 @@ async fn public_paths_are_exempt_only_for_plain_fetches() {
     ];
     for (method, path, headers) in &refused {
         let resp = http1::request(gw.addr, method, path, headers, b"").await;
+        // An Engine.IO parameter spelled otherwise (`E%49O`) is refused before its token
+        // is looked for: `400` rather than `401`, never forwarded either way.
+        let want = if path.contains('%') { 400 } else { 401 };
         assert_eq!(
             resp.status,
-            401,
+            want,
             "{method} {path} {headers:?}: {}",
             resp.text()
         );
