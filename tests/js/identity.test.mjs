@@ -76,9 +76,30 @@ function parse(buf, final) {
     headers[l.slice(0, i).toLowerCase()] = l.slice(i + 1).trim();
   }
   const body = buf.subarray(end + 4);
+  if (/chunked/i.test(headers["transfer-encoding"] ?? "")) {
+    const decoded = dechunk(body);
+    if (!decoded && !final) return null;
+    return { status, headers, body: (decoded ?? body).toString("latin1") };
+  }
   const len = Number(headers["content-length"] ?? NaN);
   if (!final && status !== 101 && !(body.length >= len)) return null;
   return { status, headers, body: body.toString("latin1") };
+}
+
+/** A complete chunked body, decoded; null while its last chunk has not arrived. */
+function dechunk(raw) {
+  const parts = [];
+  let at = 0;
+  for (;;) {
+    const eol = raw.indexOf("\r\n", at);
+    if (eol < 0) return null;
+    const size = parseInt(raw.subarray(at, eol).toString("latin1").split(";")[0], 16);
+    if (Number.isNaN(size)) return null;
+    if (size === 0) return Buffer.concat(parts);
+    if (raw.length < eol + 2 + size + 2) return null;
+    parts.push(raw.subarray(eol + 2, eol + 2 + size));
+    at = eol + 2 + size + 2;
+  }
 }
 
 const POLL = "/socket.io/?EIO=4&transport=polling";
