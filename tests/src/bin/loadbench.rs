@@ -159,7 +159,11 @@ async fn main() {
     let mut exp = long.clone();
     exp["exp"] = json!(1_000_000);
     let expired = hs256(&exp);
-    let bad_sig = format!("{}x", &valid[..valid.len() - 1]);
+    // A character inside the signature changed (the last one may only carry padding
+    // bits, which lenient base64 decoders such as HAProxy's ignore).
+    let at = valid.len() - 10;
+    let flipped = if &valid[at..=at] == "A" { "B" } else { "A" };
+    let bad_sig = format!("{}{flipped}{}", &valid[..at], &valid[at + 1..]);
     let rs = sign(Algorithm::RS256, &private_key("rsa"), None, &long);
     let es = sign(Algorithm::ES256, &private_key("ec256"), None, &long);
     let q = |t: &str| format!("/socket.io/?EIO=4&transport=polling&token={t}");
