@@ -19,6 +19,10 @@ const ENGINE_IO_PARAMS: [&[u8]; 3] = [b"EIO", b"transport", b"sid"];
 /// Engine.IO servers send the open packet first and it is about 100 bytes long.
 pub const OPEN_PACKET_SCAN: usize = 512;
 
+/// The shortest body that can hold an open packet with a `sid` (`0{"sid":"x"}`):
+/// a shorter handshake answer passes as it is.
+pub const MIN_OPEN_PACKET: u64 = 12;
+
 /// The Engine.IO parameters of one request's query, read in one pass.
 #[derive(Debug, Default, Clone)]
 pub struct EngineQuery<'q> {
@@ -89,6 +93,11 @@ impl<'q> EngineQuery<'q> {
     /// Why the Engine.IO parameters are refused, if they are.
     pub fn problem(&self) -> Option<&'static str> {
         self.problem
+    }
+
+    /// Whether this is Engine.IO v4 (`EIO=4`).
+    pub fn is_v4(&self) -> bool {
+        self.eio == Some(&b"4"[..])
     }
 
     /// Whether this is a handshake whose answer opens a session: a `GET` naming a
@@ -162,6 +171,12 @@ pub struct Handshake {
     pub user: http::HeaderValue,
     /// The server the handshake went to, with several servers.
     pub server: Option<std::net::SocketAddr>,
+    /// Engine.IO v4 (no length prefix: the sealed `sid` grows the body by a length
+    /// known in advance).
+    pub v4: bool,
+    /// The answer's `Content-Length` was raised by the seal's growth before its body
+    /// was read: the body must hold an open packet, or the answer is cut off.
+    pub promised: bool,
     /// Bytes of earlier chunks, when the open packet was split across them.
     held: Vec<u8>,
 }
@@ -186,10 +201,12 @@ pub enum Fed {
 
 impl Handshake {
     /// Starts reading the answer of `user`'s handshake.
-    pub fn new(user: http::HeaderValue) -> Self {
+    pub fn new(user: http::HeaderValue, v4: bool) -> Self {
         Self {
             user,
             server: None,
+            v4,
+            promised: false,
             held: Vec::new(),
         }
     }
@@ -435,7 +452,7 @@ mod tests {
         let want3 = br#"33:0{"sid" : "SEALED-sid","upgrades":[]}2:40"#;
         for (body, want) in [(&v4[..], &want4[..]), (&v3[..], &want3[..])] {
             for cut in 0..body.len() {
-                let mut h = Handshake::new(http::HeaderValue::from_static("alice"));
+                let mut h = Handshake::new(http::HeaderValue::from_static("alice"), true);
                 let out = match h.feed(&body[..cut], sealed) {
                     Fed::Rewritten(out) => {
                         let mut out = out;
@@ -467,7 +484,7 @@ mod tests {
             br#"0{"sid":"a\"b"}"#,
             br#"0{"sid":""}"#,
         ] {
-            let mut h = Handshake::new(http::HeaderValue::from_static("alice"));
+            let mut h = Handshake::new(http::HeaderValue::from_static("alice"), true);
             assert_eq!(
                 h.feed(body, sealed),
                 Fed::Pass,
@@ -476,7 +493,7 @@ mod tests {
             );
         }
         // No sid within the scanned bytes: given up instead of held for ever.
-        let mut h = Handshake::new(http::HeaderValue::from_static("alice"));
+        let mut h = Handshake::new(http::HeaderValue::from_static("alice"), true);
         assert_eq!(h.feed(b"0{\"pad\":\"", sealed), Fed::Hold);
         let filler = vec![b'x'; 100];
         let mut last = Fed::Hold;
@@ -488,7 +505,7 @@ mod tests {
         }
         assert!(matches!(last, Fed::Unchanged(b) if b.len() > OPEN_PACKET_SCAN));
         // A sid that can not be sealed: the answer is refused.
-        let mut h = Handshake::new(http::HeaderValue::from_static("alice"));
+        let mut h = Handshake::new(http::HeaderValue::from_static("alice"), true);
         assert_eq!(h.feed(br#"0{"sid":"abc"}"#, |_| None), Fed::Refused);
     }
 }

@@ -24,7 +24,7 @@ use crate::path::{Access, normalize};
 use crate::request::{self, IdentityNames, join_target, split_target};
 use crate::sealed_sid::Session;
 use crate::socketio::Refusals;
-use crate::token::{self, Found, Location};
+use crate::token::{self, Found, TokenSource};
 use crate::upstreams::Upstreams;
 use crate::verifier::Verifier;
 use crate::verify::{AuthError, ErrorCode, Verified};
@@ -89,6 +89,9 @@ enum NotVerified {
     /// No `jwks_url` key set was fetched yet: `503`, not the client's failure.
     KeysUnavailable,
 }
+
+/// What the request line of a log shows for a query parameter it does not name.
+const REDACTED_PARAM: &str = "[redacted]";
 
 impl Gateway {
     /// A gateway for these settings.
@@ -200,10 +203,9 @@ impl Gateway {
             &verified.user,
             client,
         );
-        let location = found.location;
         let handshake = engine
             .is_handshake(&req.method)
-            .then(|| Handshake::new(verified.user.clone()));
+            .then(|| Handshake::new(verified.user.clone(), engine.is_v4()));
         let close_at = self
             .settings
             .auth
@@ -212,17 +214,25 @@ impl Gateway {
             .flatten();
         let identity = self.identity(verified)?;
         let strip = self.settings.auth.strip_token;
-        let token_range = match &location {
-            Location::Query(range) if strip => Some(range.clone()),
-            _ => None,
+        let tokens: Vec<std::ops::Range<usize>> = if strip {
+            request::strip_token_carriers(req, &self.settings.auth.token_sources)?;
+            token::query_pairs(query.unwrap_or_default())
+                .filter(|(_, name, _)| {
+                    self.settings
+                        .auth
+                        .token_sources
+                        .iter()
+                        .any(|s| matches!(s, TokenSource::Query(q) if **name == *q.as_bytes()))
+                })
+                .map(|(range, _, _)| range)
+                .collect()
+        } else {
+            Vec::new()
         };
-        if strip {
-            request::strip_token_header(req, &location)?;
-        }
         let sid = session.as_ref().zip(engine.sid_range());
-        let new_query = (token_range.is_some() || sid.is_some()).then(|| {
+        let new_query = (!tokens.is_empty() || sid.is_some()).then(|| {
             let sid = sid.map(|(s, range)| (range, s.sid.as_bytes()));
-            request::rewrite_query(query.unwrap_or_default(), token_range, sid)
+            request::rewrite_query(query.unwrap_or_default(), &tokens, sid)
         });
         if path_changed || new_query.is_some() {
             let q = new_query.as_deref().or(query);
@@ -401,8 +411,33 @@ impl Gateway {
 
     /// A request line with tokens redacted, for logs.
     pub fn summary(&self, req: &RequestHeader) -> String {
-        let target = String::from_utf8_lossy(req.raw_path());
-        format!("{} {}", req.method, self.redactor.redact(&target))
+        let target = req.raw_path();
+        let (path, query) = match target.iter().position(|b| *b == b'?') {
+            Some(q) => (&target[..q], Some(&target[q + 1..])),
+            None => (target, None),
+        };
+        let mut line = format!(
+            "{} {}",
+            req.method,
+            self.redactor.redact(&String::from_utf8_lossy(path))
+        );
+        // Of the query, only Engine.IO's EIO and transport are written: any other
+        // parameter, under any name or spelling, may carry a token or a session id.
+        if let Some(query) = query {
+            for (i, pair) in query.split(|b| *b == b'&').enumerate() {
+                line.push(if i == 0 { '?' } else { '&' });
+                let shown = [&b"EIO="[..], b"transport="].iter().any(|name| {
+                    pair.starts_with(name)
+                        && pair.len() <= name.len() + 9
+                        && pair[name.len()..].iter().all(u8::is_ascii_alphanumeric)
+                });
+                match std::str::from_utf8(pair) {
+                    Ok(pair) if shown => line.push_str(pair),
+                    _ => line.push_str(REDACTED_PARAM),
+                }
+            }
+        }
+        line
     }
 
     /// Counts a finished request in the metrics (both paths).

@@ -16,8 +16,9 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
 use crate::decision::{Answer, Decision, Forward, Outcome};
-use crate::engineio::{EngineRequest, Fed};
+use crate::engineio::{EngineRequest, Fed, MIN_OPEN_PACKET};
 use crate::gateway::{Gateway, InFlightGuard};
+use crate::sealed_sid::SidSeal;
 use crate::socketio;
 use crate::verify::AuthError;
 
@@ -119,6 +120,10 @@ impl ProxyHttp for HttpPath {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         upstream_request.remove_header(&header::UPGRADE);
+        if ctx.forward.as_ref().is_some_and(|f| f.handshake.is_some()) {
+            // The open packet must reach the gateway readable, to be sealed.
+            upstream_request.remove_header(&header::ACCEPT_ENCODING);
+        }
         for (name, value) in ctx.forward.iter().flat_map(|f| &f.identity) {
             upstream_request.insert_header(name.clone(), value.clone())?;
         }
@@ -126,23 +131,60 @@ impl ProxyHttp for HttpPath {
     }
 
     /// A handshake's answer gets the sealed `sid` (docs/request-handling.md "Engine.IO sessions"), so its
-    /// length changes: it goes on chunked (HTTP/2 frames it anyway).
+    /// length changes: by a length known now for Engine.IO v4's own answer, else found
+    /// in the body (chunked; HTTP/2 frames it anyway).
     async fn response_filter(
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        let handshake = ctx.forward.as_ref().is_some_and(|f| f.handshake.is_some());
-        if handshake && !upstream_response.status.is_informational() {
-            if upstream_response.status == 200 {
+        let Some(f) = ctx.forward.as_mut() else {
+            return Ok(());
+        };
+        let Some(h) = f.handshake.as_mut() else {
+            return Ok(());
+        };
+        if upstream_response.status.is_informational() {
+            return Ok(());
+        }
+        if upstream_response.status != 200 {
+            // No session opened: nothing to rewrite.
+            f.handshake = None;
+            return Ok(());
+        }
+        let headers = &upstream_response.headers;
+        let length = if headers.get_all(header::CONTENT_LENGTH).iter().count() == 1 {
+            headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+        } else {
+            None
+        };
+        let text = headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|t| t.as_bytes().starts_with(b"text/plain"))
+            && !headers.contains_key(header::CONTENT_ENCODING);
+        match length {
+            Some(n) if n < MIN_OPEN_PACKET => {
+                // Too short to hold an open packet: it passes as it is.
+                f.handshake = None;
+            }
+            Some(n) if h.v4 && text => {
+                // Engine.IO's own answer (v4, text/plain): the sealed sid grows it by a
+                // length known now, so it keeps a Content-Length and leaves in one write.
+                let grown = n + SidSeal::growth(h.user.as_bytes(), h.server) as u64;
+                upstream_response.insert_header(header::CONTENT_LENGTH, grown)?;
+                h.promised = true;
+            }
+            _ => {
+                // Any other length change is found only in the body: chunked (HTTP/1.1)
+                // or ended by the stream (HTTP/2).
                 upstream_response.remove_header(&header::CONTENT_LENGTH);
                 if session.req_header().version == http::Version::HTTP_11 {
                     upstream_response.insert_header(header::TRANSFER_ENCODING, "chunked")?;
                 }
-            } else if let Some(f) = ctx.forward.as_mut() {
-                // No session opened: nothing to rewrite.
-                f.handshake = None;
             }
         }
         Ok(())
@@ -166,15 +208,26 @@ impl ProxyHttp for HttpPath {
         let chunk = body.take().unwrap_or_default();
         let (user, server) = (handshake.user.clone(), handshake.server);
         let fed = handshake.feed(&chunk, |sid| self.0.seal_sid(&user, server, sid));
+        let promised = handshake.promised;
         let out = match fed {
+            Fed::Rewritten(bytes) => {
+                *slot = None;
+                Some(bytes)
+            }
+            Fed::Hold if !end_of_stream => None,
+            Fed::Pass | Fed::Unchanged(_) | Fed::Hold if promised => {
+                return Error::e_explain(
+                    ErrorType::InternalError,
+                    "the upstream's answer to an Engine.IO handshake held no open packet",
+                );
+            }
             Fed::Pass => {
                 *slot = None;
                 *body = Some(chunk);
                 return Ok(None);
             }
-            Fed::Hold if end_of_stream => Some(handshake.finish()),
-            Fed::Hold => None,
-            Fed::Rewritten(bytes) | Fed::Unchanged(bytes) => {
+            Fed::Hold => Some(handshake.finish()),
+            Fed::Unchanged(bytes) => {
                 *slot = None;
                 Some(bytes)
             }

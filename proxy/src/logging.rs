@@ -25,12 +25,22 @@ const QUIET_TARGETS: [&str; 2] = ["pingora_proxy=info", "pingora_core=info"];
 /// servers read them), and whole `Cookie`/`Authorization`/token-header values in every
 /// form a header dump takes (debug-quoted with escapes, on the wire with or without a
 /// space after the colon, escaped raw heads).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Redactor {
     /// Lower-case query parameter and cookie names whose values are secret.
     params: Vec<Vec<u8>>,
     /// Lower-case header names whose whole values are secret in header dumps.
     headers: Vec<Vec<u8>>,
+    /// Bytes a secret can start with other than after a parameter delimiter (`e` of a
+    /// JWT, `b` of `Bearer`/`Basic`, a secret header's first letter in either case):
+    /// every other byte is passed over with one lookup.
+    starts: [bool; 256],
+}
+
+impl Default for Redactor {
+    fn default() -> Self {
+        Self::new(Vec::new(), Vec::new())
+    }
 }
 
 fn is_b64url(b: u8) -> bool {
@@ -84,7 +94,23 @@ impl Redactor {
         params.dedup();
         headers.sort();
         headers.dedup();
-        Redactor { params, headers }
+        Self::new(params, headers)
+    }
+
+    fn new(params: Vec<Vec<u8>>, headers: Vec<Vec<u8>>) -> Self {
+        let mut starts = [false; 256];
+        for first in [b'e', b'b', b'B']
+            .into_iter()
+            .chain(headers.iter().filter_map(|h| h.first().copied()))
+        {
+            starts[usize::from(first.to_ascii_lowercase())] = true;
+            starts[usize::from(first.to_ascii_uppercase())] = true;
+        }
+        Redactor {
+            params,
+            headers,
+            starts,
+        }
     }
 
     /// The redacted text (borrowed when nothing needed hiding).
@@ -113,7 +139,14 @@ impl Redactor {
 
     /// If a secret value starts at `i`, the byte range to hide.
     fn secret_at(&self, b: &[u8], i: usize) -> Option<(usize, usize)> {
-        let boundary = i == 0 || !is_b64url(b[i - 1]) && b[i - 1] != b'.';
+        let after_delimiter =
+            i == 0 || matches!(b[i - 1], b'?' | b'&' | b';' | b' ' | b'"' | b'\t' | b',');
+        if !after_delimiter && !self.starts[usize::from(b[i])] {
+            return None;
+        }
+        // After a separator, or after a percent-encoded byte (`token%3DeyJ…`).
+        let boundary =
+            i == 0 || !is_b64url(b[i - 1]) && b[i - 1] != b'.' || i >= 3 && b[i - 3] == b'%';
         // A JWT: base64url "ey..." segment, a dot, a segment, a dot, a segment.
         if boundary && b[i..].starts_with(b"ey") {
             let mut j = i;
@@ -129,7 +162,7 @@ impl Redactor {
         if let Some(range) = self.header_value_at(b, i) {
             return Some(range);
         }
-        if i == 0 || matches!(b[i - 1], b'?' | b'&' | b';' | b' ' | b'"' | b'\t' | b',') {
+        if after_delimiter {
             if let Some(range) = self.param_value_at(b, i) {
                 return Some(range);
             }
@@ -152,8 +185,13 @@ impl Redactor {
         if rest[eq] != b'=' || eq == 0 {
             return None;
         }
-        let name = decode_name(&rest[..eq]);
-        if !self.params.contains(&name) {
+        let raw = &rest[..eq];
+        let secret = if raw.iter().any(|b| matches!(b, b'%' | b'+')) {
+            self.params.contains(&decode_name(raw))
+        } else {
+            self.params.iter().any(|p| p.eq_ignore_ascii_case(raw))
+        };
+        if !secret {
             return None;
         }
         non_empty(value_after(b, i + eq + 1))
@@ -357,6 +395,10 @@ mod tests {
             ("x-token: SECRET3", "SECRET3"),
             (r#"cookie: io_token="SECRET4""#, "SECRET4"),
             ("access=SECRET5", "SECRET5"),
+            (
+                "GET /socket.io/?EIO=4&token%3deyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln",
+                "eyJzdWIiOiJhIn0",
+            ),
             (r#"body: 0{"sid":"SIDSECRET6","upgrades":[]}"#, "SIDSECRET6"),
             (
                 r#"Body(Some(b"0{\"sid\":\"SIDSECRET7\",\"upgrades\":[]}"))"#,

@@ -10,7 +10,7 @@ use http::{HeaderName, header};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 
-use crate::token::{self, Location};
+use crate::token::{self, TokenSource};
 
 /// The path and the query (without `?`) of a request target.
 pub fn split_target(target: &[u8]) -> (&[u8], Option<&[u8]>) {
@@ -127,64 +127,91 @@ impl IdentityNames {
     }
 }
 
-/// Removes a token found in a header or cookie (`auth.strip_token`); a token in the
-/// query goes with [`rewrite_query`].
-pub fn strip_token_header(req: &mut RequestHeader, location: &Location) -> Result<()> {
-    match location {
-        Location::Query(_) => {}
-        Location::Authorization => {
-            req.remove_header(&header::AUTHORIZATION);
-        }
-        Location::Header(name) => {
-            req.remove_header(name);
-        }
-        Location::Cookie(name) => {
-            let kept = req
-                .headers
-                .get_all(header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .filter_map(|v| token::strip_cookie(v, name))
-                .collect::<Vec<_>>()
-                .join("; ");
-            req.remove_header(&header::COOKIE);
-            if !kept.is_empty() {
-                req.insert_header(header::COOKIE, kept)?;
+/// Removes every token a header or cookie carries (`auth.strip_token`), the verified one
+/// and any other: the upstream must not find a token the gateway did not verify in a
+/// place it might look (a `Bearer` credential, a token header or cookie). Tokens in the
+/// query go with [`rewrite_query`].
+pub fn strip_token_carriers(req: &mut RequestHeader, sources: &[TokenSource]) -> Result<()> {
+    for source in sources {
+        match source {
+            TokenSource::Query(_) => {}
+            TokenSource::Bearer => {
+                let values = req.headers.get_all(header::AUTHORIZATION);
+                let bearer =
+                    |v: &http::HeaderValue| v.to_str().ok().and_then(token::bearer).is_some();
+                if values.iter().any(bearer) {
+                    let kept: Vec<http::HeaderValue> =
+                        values.iter().filter(|v| !bearer(v)).cloned().collect();
+                    req.remove_header(&header::AUTHORIZATION);
+                    for v in kept {
+                        req.append_header(header::AUTHORIZATION, v)?;
+                    }
+                }
+            }
+            TokenSource::Header(name) => {
+                req.remove_header(name);
+            }
+            TokenSource::Cookie(name) => {
+                let carried = req
+                    .headers
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .any(|v| {
+                        v.split(';')
+                            .any(|c| c.split_once('=').is_some_and(|(n, _)| n.trim() == name))
+                    });
+                if !carried {
+                    continue;
+                }
+                let kept = req
+                    .headers
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .filter_map(|v| token::strip_cookie(v, name))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                req.remove_header(&header::COOKIE);
+                if !kept.is_empty() {
+                    req.insert_header(header::COOKIE, kept)?;
+                }
             }
         }
     }
     Ok(())
 }
 
-/// The query sent upstream: the token's `name=value` pair at `token` removed (with one
-/// adjoining `&`), and the `sid=` pair at `sid` replaced by `sid=<upstream's sid>`;
-/// every other byte kept, in order.
+/// The query sent upstream: the pairs at `tokens` removed (each with one `&`), and the
+/// `sid=` pair at `sid` replaced by `sid=<upstream's sid>`; every other byte kept, in
+/// order.
 pub fn rewrite_query(
     query: &[u8],
-    token: Option<Range<usize>>,
+    tokens: &[Range<usize>],
     sid: Option<(Range<usize>, &[u8])>,
 ) -> Vec<u8> {
-    let Some((sid_range, upstream_sid)) = sid else {
-        return token.map_or_else(|| query.to_vec(), |t| token::strip_query(query, t));
-    };
-    let mut out = Vec::with_capacity(query.len() + upstream_sid.len());
-    out.extend_from_slice(&query[..sid_range.start]);
-    out.extend_from_slice(b"sid=");
-    out.extend_from_slice(upstream_sid);
-    out.extend_from_slice(&query[sid_range.end..]);
-    match token {
-        None => out,
-        Some(t) => {
-            // The pairs do not overlap; one after the sid moved with it.
-            let t = if t.start >= sid_range.end {
-                let shifted = |i: usize| (i + out.len()).saturating_sub(query.len());
-                shifted(t.start)..shifted(t.end)
-            } else {
-                t
-            };
-            token::strip_query(&out, t)
+    let mut out = Vec::with_capacity(query.len() + sid.as_ref().map_or(0, |(_, s)| s.len()));
+    let mut start = 0;
+    let mut first = true;
+    for piece in query.split(|b| *b == b'&') {
+        let range = start..start + piece.len();
+        start += piece.len() + 1;
+        if !range.is_empty() && tokens.contains(&range) {
+            continue;
+        }
+        if !first {
+            out.push(b'&');
+        }
+        first = false;
+        match &sid {
+            Some((at, upstream_sid)) if *at == range => {
+                out.extend_from_slice(b"sid=");
+                out.extend_from_slice(upstream_sid);
+            }
+            _ => out.extend_from_slice(piece),
         }
     }
+    out
 }
 
 #[cfg(test)]
@@ -213,15 +240,30 @@ mod tests {
         let q = b"EIO=4&transport=polling&sid=SEALED&t=N%2Fx&token=abc";
         let sid = (24..34, &b"up1"[..]);
         assert_eq!(
-            rewrite_query(q, Some(43..52), Some(sid.clone())),
+            rewrite_query(q, std::slice::from_ref(&(43..52)), Some(sid.clone())),
             b"EIO=4&transport=polling&sid=up1&t=N%2Fx"
         );
         let q = b"token=abc&EIO=4&sid=SEALED&t=1";
         assert_eq!(
-            rewrite_query(q, Some(0..9), Some((16..26, b"upstream-sid-x"))),
+            rewrite_query(
+                q,
+                std::slice::from_ref(&(0..9)),
+                Some((16..26, b"upstream-sid-x"))
+            ),
             b"EIO=4&sid=upstream-sid-x&t=1"
         );
-        assert_eq!(rewrite_query(b"a=1&token=x", Some(4..11), None), b"a=1");
-        assert_eq!(rewrite_query(b"sid=S", None, Some((0..5, b"u"))), b"sid=u");
+        assert_eq!(
+            rewrite_query(b"a=1&token=x", std::slice::from_ref(&(4..11)), None),
+            b"a=1"
+        );
+        assert_eq!(
+            rewrite_query(
+                b"token=a&x=1&access=b&token=c",
+                &[0..7, 12..20, 21..28],
+                None
+            ),
+            b"x=1"
+        );
+        assert_eq!(rewrite_query(b"sid=S", &[], Some((0..5, b"u"))), b"sid=u");
     }
 }

@@ -1,14 +1,19 @@
 //! Engine.IO session ids as the gateway hands them to clients (docs/request-handling.md "Engine.IO
-//! sessions"): the upstream's own `sid`, the user whose handshake opened the session
-//! and, with several servers, the server it lives on, sealed together with AES-256-GCM-SIV
-//! under a key from the config (`auth.session_key_env` / `auth.session_key_file`).
+//! sessions"): the upstream's own `sid`, then `.` and a seal of the user whose handshake
+//! opened the session and, with several servers, the server it lives on, under
+//! AES-256-GCM-SIV with the upstream's `sid` as associated data and a key from the config
+//! (`auth.session_key_env` / `auth.session_key_file`).
 //!
 //! The gateway rewrites the `sid` of every open packet on its way to the client and
-//! unseals the `sid` of every request on its way in, so any gateway holding the key,
+//! opens the `sid` of every request on its way in, so any gateway holding the key,
 //! after any restart, knows whose session a request names and where it lives, with no
 //! shared state and nothing a flood of handshakes could evict. A `sid` that does not
-//! unseal was not handed out by a gateway with this key: it is refused, never judged
+//! open was not handed out by a gateway with this key: it is refused, never judged
 //! on its token alone.
+//!
+//! The upstream's `sid` stays readable in front of the seal so that the sealed form
+//! grows by a length known before the answer's body is read ([`SidSeal::growth`]): a
+//! polling handshake's answer keeps a `Content-Length`, one write to the client.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -16,11 +21,12 @@ use aws_lc_rs::aead::{AES_256_GCM_SIV, Aad, Nonce, RandomizedNonceKey};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-/// The sealed form's first byte: its layout, so that a later layout can coexist.
-const VERSION: u8 = 1;
+/// The seal's first byte: its layout, so that a later layout can coexist.
+const VERSION: u8 = 2;
 
-/// Bound into every seal, so that nothing sealed for another purpose opens as a sid.
-const AAD: &[u8] = b"socketio-jwt-gateway sid v1";
+/// Bound into every seal before the `sid`, so that nothing sealed for another purpose
+/// opens as a session.
+const AAD: &[u8] = b"socketio-jwt-gateway sid v2\0";
 
 /// Nonce and tag lengths of AES-256-GCM-SIV.
 const NONCE: usize = 12;
@@ -31,8 +37,8 @@ const TAG: usize = 16;
 pub const MAX_SID: usize = 255;
 const MAX_USER: usize = 4096;
 
-/// Longest sealed `sid` a request may carry (base64 of the largest seal).
-pub const MAX_SEALED: usize = (1 + NONCE + 1 + MAX_SID + 2 + MAX_USER + 19 + TAG) * 4 / 3 + 4;
+/// Longest sealed `sid` a request may carry.
+pub const MAX_SEALED: usize = MAX_SID + 1 + b64_len(1 + NONCE + 2 + MAX_USER + 19 + TAG);
 
 /// Seals and unseals session ids.
 pub struct SidSeal {
@@ -61,6 +67,37 @@ pub struct Session {
 #[error("the session key could not be set up")]
 pub struct KeyError;
 
+/// Length of unpadded base64 of `n` bytes.
+const fn b64_len(n: usize) -> usize {
+    (n * 4).div_ceil(3)
+}
+
+/// Bytes of the server's encoding in the seal.
+fn server_len(server: Option<SocketAddr>) -> usize {
+    match server {
+        None => 1,
+        Some(SocketAddr::V4(_)) => 7,
+        Some(SocketAddr::V6(_)) => 19,
+    }
+}
+
+/// Bytes an upstream `sid` may hold: URL-unreserved characters (RFC 3986 2.3), which
+/// neither a query nor a JSON string changes. Engine.IO's and socketioxide's ids are.
+fn sid_is_plain(sid: &[u8]) -> bool {
+    !sid.is_empty()
+        && sid.len() <= MAX_SID
+        && sid
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
+
+/// The associated data of a seal: the purpose, then the upstream's `sid`.
+fn aad<'b>(sid: &[u8], buf: &'b mut [u8; AAD.len() + MAX_SID]) -> &'b [u8] {
+    buf[..AAD.len()].copy_from_slice(AAD);
+    buf[AAD.len()..AAD.len() + sid.len()].copy_from_slice(sid);
+    &buf[..AAD.len() + sid.len()]
+}
+
 impl SidSeal {
     /// A seal keyed from `secret` (at least 32 bytes; checked by the config).
     pub fn new(secret: &[u8]) -> Result<Self, KeyError> {
@@ -81,15 +118,19 @@ impl SidSeal {
         Self::new(&secret)
     }
 
-    /// The sealed, URL-safe form of a session (`None` when the sid or user is longer
-    /// than a seal holds).
+    /// How many bytes longer than the upstream's `sid` its sealed form is, for `user`
+    /// and `server`: known before the `sid` is.
+    pub fn growth(user: &[u8], server: Option<SocketAddr>) -> usize {
+        1 + b64_len(1 + NONCE + 2 + user.len() + server_len(server) + TAG)
+    }
+
+    /// The sealed, URL-safe form of a session (`None` when the sid is not made of
+    /// URL-unreserved characters, or it or the user is longer than a seal holds).
     pub fn seal(&self, sid: &[u8], user: &[u8], server: Option<SocketAddr>) -> Option<String> {
-        if sid.is_empty() || sid.len() > MAX_SID || user.len() > MAX_USER {
+        if !sid_is_plain(sid) || user.len() > MAX_USER {
             return None;
         }
-        let mut plain = Vec::with_capacity(1 + sid.len() + 2 + user.len() + 19 + TAG);
-        plain.push(sid.len() as u8);
-        plain.extend_from_slice(sid);
+        let mut plain = Vec::with_capacity(2 + user.len() + server_len(server) + TAG);
         plain.extend_from_slice(&(user.len() as u16).to_be_bytes());
         plain.extend_from_slice(user);
         match server {
@@ -105,15 +146,20 @@ impl SidSeal {
                 plain.extend_from_slice(&a.port().to_be_bytes());
             }
         }
+        let mut buf = [0u8; AAD.len() + MAX_SID];
         let nonce = self
             .key
-            .seal_in_place_append_tag(Aad::from(AAD), &mut plain)
+            .seal_in_place_append_tag(Aad::from(aad(sid, &mut buf)), &mut plain)
             .ok()?;
         let mut sealed = Vec::with_capacity(1 + NONCE + plain.len());
         sealed.push(VERSION);
         sealed.extend_from_slice(nonce.as_ref());
         sealed.extend_from_slice(&plain);
-        Some(URL_SAFE_NO_PAD.encode(sealed))
+        let mut out = String::with_capacity(sid.len() + Self::growth(user, server));
+        out.push_str(std::str::from_utf8(sid).ok()?);
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(sealed, &mut out);
+        Some(out)
     }
 
     /// The session a sealed `sid` names; `None` when it was not sealed with this key
@@ -122,21 +168,29 @@ impl SidSeal {
         if sealed.len() > MAX_SEALED {
             return None;
         }
-        let mut bytes = URL_SAFE_NO_PAD.decode(sealed).ok()?;
+        // The seal is base64url, which has no `.`: the last one ends the upstream's sid.
+        let dot = sealed.iter().rposition(|b| *b == b'.')?;
+        let (sid, seal) = (&sealed[..dot], &sealed[dot + 1..]);
+        if !sid_is_plain(sid) {
+            return None;
+        }
+        let mut bytes = URL_SAFE_NO_PAD.decode(seal).ok()?;
         if bytes.len() < 1 + NONCE + TAG || bytes[0] != VERSION {
             return None;
         }
         let nonce = Nonce::try_assume_unique_for_key(&bytes[1..1 + NONCE]).ok()?;
+        let mut buf = [0u8; AAD.len() + MAX_SID];
         let plain = self
             .key
-            .open_in_place(nonce, Aad::from(AAD), &mut bytes[1 + NONCE..])
+            .open_in_place(
+                nonce,
+                Aad::from(aad(sid, &mut buf)),
+                &mut bytes[1 + NONCE..],
+            )
             .ok()?;
-        let (&sid_len, rest) = plain.split_first()?;
-        let sid = rest.get(..usize::from(sid_len))?;
-        let rest = &rest[sid.len()..];
-        let user_len = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
-        let user = rest.get(2..2 + user_len)?;
-        let rest = &rest[2 + user_len..];
+        let user_len = usize::from(u16::from_be_bytes([*plain.first()?, *plain.get(1)?]));
+        let user = plain.get(2..2 + user_len)?;
+        let rest = &plain[2 + user_len..];
         let server = match rest {
             [0] => None,
             [4, ip @ .., p0, p1] if ip.len() == 4 => {
@@ -185,7 +239,12 @@ mod tests {
             assert!(
                 sealed
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')),
+                "{sealed}"
+            );
+            assert_eq!(
+                sealed.len(),
+                "lv_VI97HAXpY6yYWAAAC".len() + SidSeal::growth(b"alice", server),
                 "{sealed}"
             );
             let opened = s.open(sealed.as_bytes());
@@ -212,5 +271,18 @@ mod tests {
         assert_eq!(s.open(b"zzzzzzzzzzzzzzzzzzzz"), None);
         assert_eq!(s.open(b""), None);
         assert_eq!(s.seal(b"", b"alice", None), None);
+        // Only URL-unreserved sids are sealed (they read the same in a query and in JSON).
+        assert_eq!(s.seal(b"a/b", b"alice", None), None);
+        assert_eq!(s.seal(br#"a\u0041"#, b"alice", None), None);
+        assert!(s.seal(b"a.b~c", b"alice", None).is_some());
+        // The readable sid is bound: the same seal behind another sid opens nothing.
+        let sealed = s
+            .seal(b"lv_VI97HAXpY6yYWAAAC", b"alice", None)
+            .unwrap_or_else(|| panic!("not sealed"));
+        let seal_part = sealed.rsplit_once('.').map(|(_, p)| p).unwrap_or_default();
+        assert_eq!(
+            s.open(format!("lv_VI97HAXpY6yYWAAAD.{seal_part}").as_bytes()),
+            None
+        );
     }
 }

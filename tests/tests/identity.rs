@@ -132,6 +132,26 @@ async fn client_copies_are_removed_under_every_spelling_on_every_path() {
     }
 }
 
+/// Sends each request (expecting its status), then a marker request, and returns the
+/// gateway's log once the marker's line is in it.
+async fn log_after(gw: &Gateway, requests: &[(String, u16)]) -> String {
+    for (target, status) in requests {
+        let resp = http1::get(gw.addr, target, &[]).await;
+        assert_eq!(resp.status, *status, "{target}: {}", resp.text());
+    }
+    let marker = "/socket.io/nothing-after-this?EIO=4&transport=polling";
+    let _ = http1::get(gw.addr, marker, &[]).await;
+    gw.proc_.wait_for_line("nothing-after-this").await;
+    gw.logs()
+}
+
+/// Fails when any of `secrets` is in `logs`.
+fn assert_not_logged(logs: &str, secrets: &[&str]) {
+    for secret in secrets {
+        assert!(!logs.contains(secret), "{secret} is in the log:\n{logs}");
+    }
+}
+
 #[tokio::test]
 async fn no_credential_or_sid_reaches_the_info_log() {
     let up = Recorder::start().await;
@@ -142,25 +162,20 @@ async fn no_credential_or_sid_reaches_the_info_log() {
     // The dots written as %2E, so that the token does not even look like a JWT.
     let disguised = expired.replace('.', "%2E");
     let sid = "SIDzz9SECRETqq7";
-    for (target, status) in [
-        (format!("{PROTECTED}&%74oken={expired}"), 401),
-        (format!("{PROTECTED}&%74oken={disguised}"), 401),
-        (format!("{PROTECTED}&TOKEN={expired}&sid={sid}"), 401),
-        (format!("{PROTECTED}&sid={sid}&token=not-a-jwt-{sid}"), 401),
-        // An Engine.IO parameter spelled otherwise is refused before any token is read.
-        (format!("{PROTECTED}&%73id={sid}"), 400),
-    ] {
-        let resp = http1::get(gw.addr, &target, &[]).await;
-        assert_eq!(resp.status, status, "{target}: {}", resp.text());
-    }
-    let marker = "/socket.io/nothing-after-this?EIO=4&transport=polling";
-    let _ = http1::get(gw.addr, marker, &[]).await;
-    gw.proc_.wait_for_line("nothing-after-this").await;
-    let logs = gw.logs();
+    let logs = log_after(
+        &gw,
+        &[
+            (format!("{PROTECTED}&%74oken={expired}"), 401),
+            (format!("{PROTECTED}&%74oken={disguised}"), 401),
+            (format!("{PROTECTED}&TOKEN={expired}&sid={sid}"), 401),
+            (format!("{PROTECTED}&sid={sid}&token=not-a-jwt-{sid}"), 401),
+            // An Engine.IO parameter spelled otherwise is refused before any token is read.
+            (format!("{PROTECTED}&%73id={sid}"), 400),
+        ],
+    )
+    .await;
     let signature = expired.rsplit('.').next().unwrap_or_default();
-    for secret in [expired.as_str(), disguised.as_str(), signature, sid] {
-        assert!(!logs.contains(secret), "{secret} is in the log:\n{logs}");
-    }
+    assert_not_logged(&logs, &[&expired, &disguised, signature, sid]);
     assert!(logs.contains("token_expired"), "{logs}");
 }
 
@@ -422,5 +437,94 @@ async fn tokens_that_live_too_long_are_refused() {
     assert_eq!(
         handshake_with(&capped, &claims("alice")).await,
         (200, String::new())
+    );
+}
+
+/// Every token source the config names is emptied on the way up, not only the one that
+/// was verified: an upstream that falls back to the `Authorization` header or the token
+/// cookie never finds a token the gateway did not verify (here an `alg: none` token
+/// for `admin` beside Alice's valid one). A `Basic` credential is no token: it stays.
+#[tokio::test]
+async fn no_unverified_token_rides_beside_the_verified_one() {
+    let up = Recorder::start().await;
+    let gw = Gateway::start(&GatewayConfig::hs256(up.addr)).await;
+    let forged = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhZG1pbiJ9.";
+    let alice = valid("alice");
+    for (target, extra, kept_cookie, kept_authorization) in [
+        (
+            format!("{PROTECTED}&token={alice}"),
+            format!("Authorization: Bearer {forged}\r\nCookie: a=1; io_token={forged}\r\n"),
+            Some("a=1"),
+            None,
+        ),
+        (
+            PROTECTED.to_string(),
+            format!("Authorization: Bearer {alice}\r\nCookie: io_token={forged}\r\n"),
+            None,
+            None,
+        ),
+        (
+            format!("{PROTECTED}&x=1"),
+            // A credential that is no token (Basic) is the upstream's own business.
+            format!("Cookie: b=2; io_token={alice}\r\nAuthorization: Basic dXNlcjpwYXNz\r\n"),
+            Some("b=2"),
+            Some("Basic dXNlcjpwYXNz"),
+        ),
+    ] {
+        up.clear();
+        let resp = send(&gw, &target, &extra).await;
+        assert_eq!(resp.status, 200, "{target} {extra}: {}", resp.text());
+        let seen = up.last();
+        let header = |name: &str| {
+            seen.headers
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(header("x-auth-user"), ["alice"], "{extra}");
+        assert_eq!(
+            header("authorization"),
+            kept_authorization.into_iter().collect::<Vec<_>>()
+        );
+        assert_eq!(
+            header("cookie"),
+            kept_cookie.into_iter().collect::<Vec<_>>()
+        );
+        assert!(!seen.target.contains("token"), "{}", seen.target);
+        for token in [forged, alice.as_str()] {
+            assert!(
+                !format!("{:?} {}", seen.headers, seen.target).contains(token),
+                "{token} reached the upstream: {:?}",
+                seen.headers
+            );
+        }
+    }
+}
+
+/// The request line of a log shows the path and Engine.IO's `EIO` and `transport`, no
+/// other query parameter: a token or another user's `sid` under a name the gateway
+/// does not read (`token%3d…`, `id=…`, `sid%5b%5d=…`) is not written, at any level.
+#[tokio::test]
+async fn no_query_value_but_eio_and_transport_reaches_the_debug_log() {
+    let up = Recorder::start().await;
+    let gw = Gateway::start(&GatewayConfig::hs256(up.addr).rust_log("debug")).await;
+    let alice = valid("alice");
+    let sid = "someoneElsesSid.AmF7EgYSECRETsealpart";
+    let logs = log_after(
+        &gw,
+        &[
+            (format!("{PROTECTED}&token%3d{alice}"), 401),
+            (format!("{PROTECTED}&token={alice}&id={sid}"), 200),
+            (format!("{PROTECTED}&token={alice}&sid%5b%5d={sid}"), 200),
+            (format!("{PROTECTED}&token={alice}&+sid={sid}"), 200),
+        ],
+    )
+    .await;
+    let signature = alice.rsplit('.').next().unwrap_or_default();
+    assert_not_logged(&logs, &[&alice, signature, sid, "SECRETsealpart"]);
+    assert!(
+        logs.contains("/socket.io/?EIO=4&transport=polling&[redacted]"),
+        "{logs}"
     );
 }

@@ -632,3 +632,47 @@ async fn a_gateway_with_another_key_does_not_accept_the_sid() {
     // Alice's session still works where it was opened.
     echo_and_collect(&alice, &alice, 1, "home").await;
 }
+
+/// A polling handshake's answer keeps a `Content-Length` (the sealed `sid` grows it by
+/// a length known before its body), and its request reaches the upstream without
+/// `Accept-Encoding`: a compressed open packet could not be sealed. Other requests
+/// keep their `Accept-Encoding`.
+#[tokio::test]
+async fn a_handshake_answer_keeps_its_length_and_its_request_asks_for_no_compression() {
+    let demo = Demo::start("25s").await;
+    let gw = Gateway::start(&http_config(demo.addr)).await;
+    let token = valid("alice");
+    let r = answer_to(
+        gw.addr,
+        &format!(
+            "GET {POLL}&token={token} HTTP/1.1\r\nHost: gw\r\nAccept-Encoding: gzip, br\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("transfer-encoding"), None, "{:?}", r.headers);
+    assert_eq!(r.header("content-encoding"), None, "{:?}", r.headers);
+    let length: usize = r
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Content-Length: {:?}", r.headers));
+    assert_eq!(length, r.body.len());
+    let sid = sid_of_open(&r.text());
+    // The sealed sid works: Alice's next poll is answered on her session.
+    let next = http1::get(gw.addr, &format!("{POLL}&sid={sid}&token={token}"), &[]).await;
+    assert_eq!(next.status, 200, "{}", next.text());
+
+    let up = Recorder::start().await;
+    let gw = Gateway::start(&http_config(up.addr)).await;
+    for (target, compressed) in [
+        (format!("{POLL}&token={token}"), false),
+        (format!("/socket.io/?EIO=4&token={token}"), true),
+    ] {
+        up.clear();
+        let r = http1::get(gw.addr, &target, &[("accept-encoding", "gzip")]).await;
+        assert_eq!(r.status, 200, "{target}: {}", r.text());
+        let seen = up.last();
+        let asked = seen.headers.iter().any(|(n, _)| n == "accept-encoding");
+        assert_eq!(asked, compressed, "{target}: {:?}", seen.headers);
+    }
+}
