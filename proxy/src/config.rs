@@ -161,9 +161,21 @@ pub struct UpstreamConfig {
     /// Which request property keeps an Engine.IO session on one server.
     #[serde(default)]
     pub sticky: Sticky,
-    /// Give up connecting to an upstream after this long (answered `504`).
+    /// Give up one connect to an upstream after this long; long enough for the SYN
+    /// retransmissions (1 s, 3 s) of an upstream whose accept queue overflowed.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
+    /// Connects that time out or are refused are tried again this many times (HAProxy's
+    /// `retries`); then the request is answered `502`/`504`.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// How long the upstream may take to answer, and between reads of its answer: a
+    /// long poll waits up to Engine.IO's ping interval plus its ping timeout.
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: Dur,
+    /// How long an idle keep-alive connection to an upstream is kept for reuse.
+    #[serde(default = "default_pool_idle")]
+    pub pool_idle: Dur,
     /// Interval of TCP health checks; `"0s"` disables them.
     #[serde(default = "default_health_check")]
     pub health_check: Dur,
@@ -335,7 +347,16 @@ fn default_shutdown_grace() -> Dur {
     Dur(Duration::from_secs(10))
 }
 fn default_connect_timeout() -> Dur {
-    Dur(Duration::from_secs(2))
+    Dur(Duration::from_secs(5))
+}
+fn default_retries() -> u32 {
+    3
+}
+fn default_read_timeout() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn default_pool_idle() -> Dur {
+    Dur(Duration::from_secs(60))
 }
 fn default_health_check() -> Dur {
     Dur(Duration::from_secs(5))

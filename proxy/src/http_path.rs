@@ -29,6 +29,8 @@ pub struct RequestCtx {
     pub outcome: Outcome,
     /// Whether the upstream could not be reached.
     pub upstream_failed: bool,
+    /// Connects tried again so far (`upstream.retries`).
+    pub connect_retries: u32,
     /// How to forward the request (server choice, identity headers set last, the
     /// handshake whose answer binds a new session); `None` when it was answered.
     pub forward: Option<Forward>,
@@ -58,6 +60,7 @@ impl ProxyHttp for HttpPath {
         RequestCtx {
             outcome: Outcome::Undecided,
             upstream_failed: false,
+            connect_retries: 0,
             forward: None,
             _in_flight: self.0.enter(),
         }
@@ -106,7 +109,30 @@ impl ProxyHttp for HttpPath {
         };
         peer.options.connection_timeout = Some(upstream.connect_timeout);
         peer.options.total_connection_timeout = Some(upstream.connect_timeout);
+        peer.options.read_timeout = Some(upstream.read_timeout);
+        peer.options.idle_timeout = Some(upstream.pool_idle);
         Ok(Box::new(peer))
+    }
+
+    /// A connect that timed out or was refused is tried again, `upstream.retries` times
+    /// (docs/configuration.md); the server is chosen again, so a failed one is left
+    /// once its health check says so.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let retryable = matches!(
+            e.etype(),
+            ErrorType::ConnectTimedout | ErrorType::ConnectRefused
+        );
+        if retryable && ctx.connect_retries < self.0.settings().upstream.retries {
+            ctx.connect_retries += 1;
+            e.set_retry(true);
+        }
+        e
     }
 
     /// The request as it is written upstream, after Pingora's hop-by-hop sanitizing:

@@ -94,17 +94,22 @@ async fn open(
         return upstream_failed(gw, conn, outcome, false, &req).await;
     };
     let tls = gw.settings().upstream.tls.as_ref();
-    let mut upstream = match UpstreamStream::connect(
-        addr,
-        tls,
-        gw.settings().upstream.connect_timeout,
-    )
-    .await
-    {
-        Ok(s) => s,
-        Err((timed_out, error)) => {
-            tracing::warn!(upstream = %addr, client, request, timed_out, %error, "upstream unreachable for an upgrade");
-            return upstream_failed(gw, conn, outcome, timed_out, &req).await;
+    let upstream_cfg = &gw.settings().upstream;
+    let mut retries = 0;
+    let mut upstream = loop {
+        match UpstreamStream::connect(addr, tls, upstream_cfg.connect_timeout).await {
+            Ok(s) => break s,
+            // Timed out or refused: tried again (`upstream.retries`, docs/configuration.md).
+            Err((timed_out, error))
+                if retries < upstream_cfg.retries
+                    && (timed_out || error.kind() == std::io::ErrorKind::ConnectionRefused) =>
+            {
+                retries += 1;
+            }
+            Err((timed_out, error)) => {
+                tracing::warn!(upstream = %addr, client, request, timed_out, retries, %error, "upstream unreachable for an upgrade");
+                return upstream_failed(gw, conn, outcome, timed_out, &req).await;
+            }
         }
     };
     if send_head(&mut upstream, &mut req, &forward).await.is_err() {

@@ -49,6 +49,17 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A listener on a free port of 127.0.0.1, with its address.
+pub async fn local_listener() -> (tokio::net::TcpListener, SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("addr: {e}"));
+    (listener, addr)
+}
+
 /// A free ephemeral port on 127.0.0.1 (bound, read, released).
 pub fn free_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// The answer of [`RawUpstream::start`] to every request.
 pub const NOT_FOUND: &[u8] = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
@@ -65,12 +65,7 @@ impl RawUpstream {
     /// Starts on a free port, answering `response` (a complete HTTP/1.1 response) to
     /// every request.
     pub async fn answering(response: &'static [u8]) -> RawUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("bind: {e}"));
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("addr: {e}"));
+        let (listener, addr) = crate::procs::local_listener().await;
         let state: Arc<State> = Arc::default();
         let shared = state.clone();
         tokio::spawn(async move {

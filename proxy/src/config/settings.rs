@@ -62,6 +62,10 @@ pub struct ProxyTls {
     pub pair: CertPair,
 }
 
+/// Most connect retries `upstream.retries` allows: a storm queues at the gateway, it
+/// does not multiply its connects.
+const MAX_RETRIES: u32 = 10;
+
 /// `[upstream]`, validated.
 #[derive(Debug)]
 pub struct UpstreamSettings {
@@ -71,8 +75,14 @@ pub struct UpstreamSettings {
     pub sticky: Sticky,
     /// TCP health-check interval with several servers (zero: off).
     pub health_check: Duration,
-    /// Connect timeout.
+    /// Connect timeout, per attempt.
     pub connect_timeout: Duration,
+    /// Connect attempts after the first, for connects that time out or are refused.
+    pub retries: u32,
+    /// How long an upstream may take to answer, and between reads of its answer.
+    pub read_timeout: Duration,
+    /// How long an idle keep-alive upstream connection is kept.
+    pub pool_idle: Duration,
     /// TLS to the servers (`upstream.tls`), with its roots and name.
     pub tls: Option<UpstreamTls>,
 }
@@ -226,8 +236,16 @@ fn validate_upstream(
             servers.push(addr);
         }
     }
-    if u.connect_timeout.0.is_zero() {
-        v.push("upstream.connect_timeout", "must be more than 0s".into());
+    for (d, key) in [
+        (u.connect_timeout.0, "upstream.connect_timeout"),
+        (u.read_timeout.0, "upstream.read_timeout"),
+    ] {
+        if d.is_zero() {
+            v.push(key, "must be more than 0s".into());
+        }
+    }
+    if u.retries > MAX_RETRIES {
+        v.push("upstream.retries", format!("must be at most {MAX_RETRIES}"));
     }
     let tls = if u.tls {
         let ca_file = u.ca_file.as_ref().map(|f| base_dir.join(f));
@@ -250,6 +268,9 @@ fn validate_upstream(
         sticky: u.sticky,
         health_check: u.health_check.0,
         connect_timeout: u.connect_timeout.0,
+        retries: u.retries,
+        read_timeout: u.read_timeout.0,
+        pool_idle: u.pool_idle.0,
         tls,
     })
 }
