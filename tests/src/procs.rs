@@ -88,6 +88,9 @@ fn capture(stream: impl Read + Send + 'static, logs: Arc<Mutex<String>>) {
 impl Proc {
     /// Spawns `cmd` with stdout and stderr captured.
     pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        // Its own process group, so that stopping it stops what it started too (nginx's
+        // workers outlive a killed master).
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .stdin(Stdio::null());
@@ -156,6 +159,12 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
