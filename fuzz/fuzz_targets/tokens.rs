@@ -4,7 +4,8 @@
 
 use http::{HeaderMap, HeaderValue, header};
 use libfuzzer_sys::fuzz_target;
-use proxy::token::{Location, TokenSource, extract, query_pairs, strip_cookie, strip_query};
+use proxy::request::rewrite_query;
+use proxy::token::{Location, TokenSource, extract, query_pairs, strip_cookie};
 
 fuzz_target!(|data: &[u8]| {
     let mut parts = data.splitn(3, |b| *b == b'\n');
@@ -27,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(!found.token.is_empty());
     match found.location {
         Location::Query(range) => {
-            let stripped = strip_query(query, range.clone());
+            let stripped = rewrite_query(query, std::slice::from_ref(&range), None);
             let kept: Vec<&[u8]> = query_pairs(query)
                 .filter(|(r, _, _)| *r != range)
                 .map(|(r, _, _)| &query[r])

@@ -101,6 +101,16 @@ pub fn framing_of<'h>(
     }
 }
 
+/// The framing of a message whose headers are an `http` map: HTTP/2 requests (whose
+/// heads Pingora reads) and upstream answers.
+pub fn map_framing(headers: &http::HeaderMap) -> Result<Framing, FramingError> {
+    framing_of(
+        headers
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+    )
+}
+
 /// The framing of a request head parsed by `httparse`.
 pub fn request_framing(headers: &[httparse::Header<'_>]) -> Result<Framing, FramingError> {
     framing_of(headers.iter().map(|h| (h.name.as_bytes(), h.value)))

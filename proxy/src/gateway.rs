@@ -411,11 +411,7 @@ impl Gateway {
 
     /// A request line with tokens redacted, for logs.
     pub fn summary(&self, req: &RequestHeader) -> String {
-        let target = req.raw_path();
-        let (path, query) = match target.iter().position(|b| *b == b'?') {
-            Some(q) => (&target[..q], Some(&target[q + 1..])),
-            None => (target, None),
-        };
+        let (path, query) = split_target(req.raw_path());
         let mut line = format!(
             "{} {}",
             req.method,

@@ -17,6 +17,7 @@ use pingora::{ErrorSource, ErrorType};
 
 use crate::decision::{Answer, Decision, Forward, Outcome};
 use crate::engineio::{EngineRequest, Fed, MIN_OPEN_PACKET};
+use crate::framing::{Framing, map_framing};
 use crate::gateway::{Gateway, InFlightGuard};
 use crate::sealed_sid::SidSeal;
 use crate::socketio;
@@ -180,13 +181,10 @@ impl ProxyHttp for HttpPath {
             return Ok(());
         }
         let headers = &upstream_response.headers;
-        let length = if headers.get_all(header::CONTENT_LENGTH).iter().count() == 1 {
-            headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-        } else {
-            None
+        // Read by the gateway's one framing rule: a length only when it is one plain number.
+        let length = match map_framing(headers) {
+            Ok(Framing::Length(n)) => Some(n),
+            _ => None,
         };
         let text = headers
             .get(header::CONTENT_TYPE)

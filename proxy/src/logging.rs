@@ -37,12 +37,6 @@ pub struct Redactor {
     starts: [bool; 256],
 }
 
-impl Default for Redactor {
-    fn default() -> Self {
-        Self::new(Vec::new(), Vec::new())
-    }
-}
-
 fn is_b64url(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
 }

@@ -53,11 +53,7 @@ pub fn set_target(req: &mut RequestHeader, target: &[u8]) -> Result<()> {
 /// itself ([`crate::framing::framing_of`]): for HTTP/2 requests, whose heads Pingora
 /// reads.
 pub fn framing_problem(req: &RequestHeader) -> Option<&'static str> {
-    let headers = req
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
-    crate::framing::framing_of(headers)
+    crate::framing::map_framing(&req.headers)
         .err()
         .map(crate::framing::FramingError::reason)
 }
@@ -152,16 +148,7 @@ pub fn strip_token_carriers(req: &mut RequestHeader, sources: &[TokenSource]) ->
                 req.remove_header(name);
             }
             TokenSource::Cookie(name) => {
-                let carried = req
-                    .headers
-                    .get_all(header::COOKIE)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .any(|v| {
-                        v.split(';')
-                            .any(|c| c.split_once('=').is_some_and(|(n, _)| n.trim() == name))
-                    });
-                if !carried {
+                if !token::cookies(&req.headers).any(|(n, _)| n == name) {
                     continue;
                 }
                 let kept = req
@@ -265,5 +252,22 @@ mod tests {
             b"x=1"
         );
         assert_eq!(rewrite_query(b"sid=S", &[], Some((0..5, b"u"))), b"sid=u");
+        // A token pair found by `query_pairs`, first, middle or last: every other byte kept.
+        let q = b"EIO=4&token=abc&transport=polling&t=N%2Fx";
+        let (range, _, _) = token::query_pairs(q)
+            .nth(1)
+            .unwrap_or_else(|| panic!("no second pair"));
+        assert_eq!(
+            rewrite_query(q, &[range], None),
+            b"EIO=4&transport=polling&t=N%2Fx"
+        );
+        assert_eq!(
+            rewrite_query(b"token=x", std::slice::from_ref(&(0..7)), None),
+            b""
+        );
+        assert_eq!(
+            rewrite_query(b"token=x&a=1", std::slice::from_ref(&(0..7)), None),
+            b"a=1"
+        );
     }
 }
