@@ -1,30 +1,34 @@
 //! Each accepted connection (docs/websockets.md): the gateway reads every request
 //! head itself ([`head::read_head`], bounded in size and time, parsed once), hands a
-//! WebSocket upgrade to its own tunnel ([`tunnel::carry`]), and gives every other
-//! request to Pingora's HTTP path: its head replayed and its body by the framing the
-//! gateway read, never a byte more ([`Conn::deliver`]). Keep-alive connections come
-//! back here after each request, so the next request's head (pipelined or not) and an
-//! upgrade after earlier requests are read here too. An HTTP/2 connection (TLS with ALPN `h2`) goes to
-//! Pingora's HTTP/2 server whole.
+//! WebSocket upgrade to its own tunnel ([`tunnel::carry`]), and carries every other
+//! request itself ([`exchange::serve`]). Keep-alive connections come back here after
+//! each request, so the next request's head (pipelined or not) and an upgrade after
+//! earlier requests are read here too. An HTTP/2 connection (TLS with ALPN `h2`) goes
+//! to Pingora's HTTP/2 server whole.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
-use pingora::protocols::http::ServerSession;
+use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::{ALPN, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
+use tokio::io::AsyncWriteExt;
 
 use crate::conn::Conn;
+use crate::exchange::{self, Next};
 use crate::gateway::Gateway;
 use crate::http_path::HttpPath;
+use crate::pool::Pool;
 use crate::{head, tunnel};
 
 /// The gateway's server application.
 pub struct App {
     gateway: Arc<Gateway>,
+    /// Pingora's HTTP proxy, for HTTP/2 connections only.
     http: Arc<HttpProxy<HttpPath>>,
+    /// Kept-alive upstream connections of the HTTP/1 path.
+    pool: Pool,
 }
 
 impl std::fmt::Debug for App {
@@ -36,9 +40,12 @@ impl std::fmt::Debug for App {
 impl App {
     /// The application around a gateway and its Pingora HTTP proxy.
     pub fn new(gateway: Arc<Gateway>, http: HttpProxy<HttpPath>) -> Self {
+        let upstream = &gateway.settings().upstream;
+        let pool = Pool::new(&upstream.servers, upstream.pool_idle);
         App {
             gateway,
             http: Arc::new(http),
+            pool,
         }
     }
 }
@@ -58,7 +65,6 @@ impl ServerApp for App {
             return ServerApp::process_new(&self.http, stream, shutdown).await;
         }
         let mut conn = Box::new(Conn::new(stream));
-        let mut persistent: Option<HttpPersistentSettings> = None;
         loop {
             let head = match head::read_head(&mut conn).await {
                 Ok(head) => head,
@@ -67,31 +73,21 @@ impl ServerApp for App {
                     return None;
                 }
             };
-            if let Some(req) = head.upgrade {
+            if head.upgrade {
                 // Boxed: a connection waiting for its next head does not carry the
                 // tunnel's state inline.
-                Box::pin(tunnel::carry(
-                    &self.gateway,
-                    conn,
-                    head.len,
-                    head.framing,
-                    req,
-                ))
-                .await;
+                let (len, framing) = (head.len, head.framing);
+                Box::pin(tunnel::carry(&self.gateway, conn, len, framing, head.request)).await;
                 return None;
             }
-            // Pingora's reader gets this one message, and nothing after it.
-            conn.deliver(head.len, head.framing);
-            let mut session = ServerSession::new_http1(conn);
-            match persistent.take() {
-                Some(p) => p.apply_to_session(&mut session),
-                None => session.set_keepalive((!*shutdown.borrow()).then_some(60)),
+            let draining = *shutdown.borrow();
+            match exchange::serve(&self.gateway, &self.pool, &mut conn, head, draining).await {
+                Next::Again => {}
+                Next::Close => {
+                    let _ = conn.shutdown().await;
+                    return None;
+                }
             }
-            let reused = self.http.process_new_http(session, shutdown).await?;
-            let (stream, settings) = reused.consume();
-            persistent = settings;
-            // The stream comes back as it was handed over: our connection.
-            conn = stream.into_any().downcast::<Conn>().ok()?;
         }
     }
 

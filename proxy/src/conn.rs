@@ -102,8 +102,12 @@ impl Conn {
         let head = head_len as u64;
         self.cleared = 0;
         self.budget = match framing {
+            Framing::None if head == 0 => Budget::Done,
             Framing::None => Budget::Length(head),
+            Framing::Length(n) if head.saturating_add(n) == 0 => Budget::Done,
             Framing::Length(n) => Budget::Length(head.saturating_add(n)),
+            // The head was consumed already: the body's chunks come first.
+            Framing::Chunked if head == 0 => Budget::Chunked(ChunkedEnd::default()),
             Framing::Chunked => Budget::HeadThenChunked(head, ChunkedEnd::default()),
         };
     }

@@ -194,6 +194,37 @@ impl Answer {
         answer.with_header(header::WWW_AUTHENTICATE, challenge)
     }
 
+    /// The answer as bytes on an HTTP/1 connection: its head ([`Answer::head`]) and
+    /// body, with `Connection: <connection>` when given.
+    pub fn render(
+        &self,
+        origin: Option<&HeaderValue>,
+        cors_origins: &[HeaderValue],
+        connection: Option<&str>,
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256 + self.body.len());
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(self.status.to_string().as_bytes());
+        out.push(b' ');
+        let reason = http::StatusCode::from_u16(self.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        out.extend_from_slice(reason.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if let Ok(head) = self.head(origin, cors_origins) {
+            crate::head::push_headers(&mut out, &head.headers);
+        }
+        if let Some(c) = connection {
+            out.extend_from_slice(b"Connection: ");
+            out.extend_from_slice(c.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+        out
+    }
+
     /// The response head, for both paths: `Content-Type`, `Content-Length`,
     /// `Cache-Control: no-store` (which the answer's own header may replace) and
     /// credentialed CORS for an `Origin` in `cors_origins` (`auth.cors_origins`).

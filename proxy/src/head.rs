@@ -6,8 +6,7 @@
 use std::time::Duration;
 
 use http::header;
-use pingora::http::{RequestHeader, ResponseHeader};
-use tokio::io::AsyncRead;
+use pingora::http::RequestHeader;
 
 use crate::conn::Conn;
 use crate::framing::{Framing, request_framing};
@@ -33,9 +32,11 @@ pub struct Head {
     pub len: usize,
     /// How its body is framed (RFC 9112 6).
     pub framing: Framing,
-    /// A WebSocket upgrade (an `Upgrade` header naming `websocket`), parsed: carried by
-    /// the gateway's tunnel. `None` for every other request.
-    pub upgrade: Option<RequestHeader>,
+    /// The request line and fields, parsed.
+    pub request: RequestHeader,
+    /// A WebSocket upgrade (an `Upgrade` header naming `websocket`): carried by the
+    /// gateway's tunnel.
+    pub upgrade: bool,
 }
 
 /// Why no head was read.
@@ -163,19 +164,15 @@ pub fn parse_head(bytes: &[u8]) -> Result<Head, NoHead> {
             let name = name.split(|b| *b == b'/').next().unwrap_or(name);
             name.eq_ignore_ascii_case(b"websocket")
         });
-    let upgrade = if upgrade {
-        Some(request_header(&req).ok_or(BAD)?)
-    } else {
-        None
-    };
     Ok(Head {
         len: bytes.len(),
         framing,
+        request: request_header(&req).ok_or(BAD)?,
         upgrade,
     })
 }
 
-/// The parsed request as Pingora's header type, for the tunnel's decision.
+/// The parsed request as Pingora's header type, for the decision.
 fn request_header(req: &httparse::Request<'_, '_>) -> Option<RequestHeader> {
     let method = http::Method::from_bytes(req.method?.as_bytes()).ok()?;
     let mut out =
@@ -191,34 +188,19 @@ fn request_header(req: &httparse::Request<'_, '_>) -> Option<RequestHeader> {
     Some(out)
 }
 
-/// An answer serialized for a connection that closes after it.
-pub fn serialize(head: &ResponseHeader, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256 + body.len());
-    let status = head.status;
-    out.extend_from_slice(
-        format!(
-            "HTTP/1.1 {} {}\r\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("")
-        )
-        .as_bytes(),
-    );
-    push_headers(&mut out, &head.headers);
-    out.extend_from_slice(b"Connection: close\r\n\r\n");
-    out.extend_from_slice(body);
-    out
-}
-
-/// Drops hop-by-hop headers (RFC 9110 7.6.1): those `Connection` names (other than
-/// `upgrade`) and the standard ones; the upgrade itself is kept.
-pub fn strip_hop_by_hop(req: &mut RequestHeader) {
+/// Drops hop-by-hop headers (RFC 9110 7.6.1): those `Connection` names and the
+/// standard ones, `Transfer-Encoding` (the gateway writes a body's framing itself) and
+/// `Proxy-Authorization` (meant for the gateway). An `upgrade` request keeps its
+/// `Upgrade` with `Connection: Upgrade`; any other request carries neither (HTTP/1.1
+/// keeps the upstream connection alive by default).
+pub fn strip_hop_by_hop(req: &mut RequestHeader, upgrade: bool) {
     let named: Vec<http::HeaderName> = req
         .headers
         .get_all(header::CONNECTION)
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"upgrade"))
+        .filter(|t| !t.is_empty() && !(upgrade && t.eq_ignore_ascii_case(b"upgrade")))
         .filter_map(|t| http::HeaderName::from_bytes(t).ok())
         .collect();
     for name in named {
@@ -229,7 +211,12 @@ pub fn strip_hop_by_hop(req: &mut RequestHeader) {
     }
     req.remove_header(&header::PROXY_AUTHORIZATION);
     req.remove_header(&header::TRANSFER_ENCODING);
-    let _ = req.insert_header(header::CONNECTION, "Upgrade");
+    if upgrade {
+        let _ = req.insert_header(header::CONNECTION, "Upgrade");
+    } else {
+        req.remove_header(&header::CONNECTION);
+        req.remove_header(&header::UPGRADE);
+    }
 }
 
 /// The request head as written upstream (HTTP/1.1, headers in order).
@@ -254,92 +241,6 @@ pub fn push_headers(out: &mut Vec<u8>, headers: &http::HeaderMap) {
     }
 }
 
-/// How an answer's body is framed (RFC 9112 6.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResponseBody {
-    /// None: 1xx, 204, 304 (and any answer to `HEAD`, which the caller knows).
-    None,
-    /// `Content-Length`.
-    Length(u64),
-    /// `Transfer-Encoding: chunked` (which overrides a length).
-    Chunked,
-    /// Until the upstream closes.
-    Close,
-}
-
-/// The upstream's answer head and the bytes that came with it.
-#[derive(Debug)]
-pub struct Received {
-    /// The head and whatever followed it in the same reads.
-    pub bytes: Vec<u8>,
-    /// Length of the head in `bytes`.
-    pub head_len: usize,
-    /// How the body after the head is framed.
-    pub body: ResponseBody,
-}
-
-/// The framing of an answer with this status and headers.
-fn response_body(code: u16, headers: &[httparse::Header<'_>]) -> ResponseBody {
-    if (100..200).contains(&code) || code == 204 || code == 304 {
-        return ResponseBody::None;
-    }
-    let named = |name: &'static str| {
-        headers
-            .iter()
-            .find(move |h| h.name.eq_ignore_ascii_case(name))
-    };
-    if named("transfer-encoding").is_some() {
-        return ResponseBody::Chunked;
-    }
-    named("content-length")
-        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
-        .map_or(ResponseBody::Close, ResponseBody::Length)
-}
-
-/// Reads the upstream's answer head; `Err(true)` on timeout, `Err(false)` when the
-/// upstream closed, failed or sent no HTTP/1.x answer.
-pub async fn read_response_head<S: AsyncRead + Unpin>(
-    upstream: &mut S,
-) -> Result<(u16, Received), bool> {
-    let read = async {
-        let mut bytes = Vec::with_capacity(1024);
-        let mut scanned = 0;
-        loop {
-            if let Some(head_len) = head_end(&bytes, scanned) {
-                let mut headers = [httparse::EMPTY_HEADER; 128];
-                let mut resp = httparse::Response::new(&mut headers);
-                return match resp.parse(&bytes[..head_len]) {
-                    Ok(httparse::Status::Complete(_)) => {
-                        let code = resp.code.unwrap_or(502);
-                        let body = response_body(code, resp.headers);
-                        Ok((
-                            code,
-                            Received {
-                                bytes,
-                                head_len,
-                                body,
-                            },
-                        ))
-                    }
-                    _ => Err(false),
-                };
-            }
-            if bytes.len() > MAX_HEAD {
-                return Err(false);
-            }
-            scanned = bytes.len();
-            bytes.reserve(1024);
-            match tokio::io::AsyncReadExt::read_buf(upstream, &mut bytes).await {
-                Ok(0) | Err(_) => return Err(false),
-                Ok(_) => {}
-            }
-        }
-    };
-    tokio::time::timeout(UPSTREAM_HEAD_TIMEOUT, read)
-        .await
-        .unwrap_or(Err(true))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,7 +261,7 @@ mod tests {
     }
 
     fn upgrade(head: &[u8]) -> bool {
-        parse_head(head).is_ok_and(|h| h.upgrade.is_some())
+        parse_head(head).is_ok_and(|h| h.upgrade)
     }
 
     #[test]

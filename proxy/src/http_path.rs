@@ -1,5 +1,6 @@
-//! Pingora's HTTP phases (docs/request-handling.md "What the gateway does to a request"): every request
-//! that is not a WebSocket upgrade ([`crate::tunnel`] carries those). One struct
+//! Pingora's HTTP phases (docs/request-handling.md "What the gateway does to a request")
+//! for HTTP/2 requests, whose framing Pingora's HTTP/2 server reads (HTTP/1 requests
+//! are carried by [`crate::exchange`], upgrades by [`crate::tunnel`]). One struct
 //! implements [`ProxyHttp`] around the shared [`Gateway`], per-request state lives in
 //! [`RequestCtx`], and each phase's doc comment says what it decides.
 
@@ -20,7 +21,7 @@ use crate::engineio::{EngineRequest, Fed, MIN_OPEN_PACKET};
 use crate::framing::{Framing, map_framing};
 use crate::gateway::{Gateway, InFlightGuard};
 use crate::sealed_sid::SidSeal;
-use crate::socketio;
+use crate::socketio::{self, REFUSED_POST_BYTES};
 use crate::verify::AuthError;
 
 /// Per-request state on Pingora's HTTP path.
@@ -364,60 +365,21 @@ impl HttpPath {
         session.write_response_body(Some(answer.body), true).await
     }
 
-    /// A refusal in socket.io's terms on the HTTP path (docs/request-handling.md "Refusals the socket.io
-    /// client understands", [`socketio`]). WebSocket handshakes are refused by the
-    /// tunnel ([`crate::tunnel`]).
+    /// A refusal in socket.io's terms on HTTP/2 (docs/request-handling.md "Refusals
+    /// the socket.io client understands", [`socketio::polling_answer`]).
     async fn refuse_socketio(
         &self,
         session: &mut Session,
         err: &AuthError,
         kind: EngineRequest,
     ) -> Result<()> {
-        const TEXT: &str = "text/plain; charset=UTF-8";
-        let plain = |status: u16, content_type: &'static str, body: Bytes| Answer {
-            status,
-            content_type,
-            header: None,
-            body,
-            outcome: Outcome::Rejected(err.code),
-            socketio: None,
-        };
-        let answer = match kind {
-            EngineRequest::PollingHandshake => {
-                plain(200, TEXT, Bytes::from(self.0.refusals().open(err)))
-            }
-            EngineRequest::Session { sid, post: true } => match self.0.refusals().get(&sid) {
-                Some(refused) => {
-                    let body = read_body(session, 64 * 1024).await?;
-                    refused.take_post(&body);
-                    plain(200, TEXT, Bytes::from_static(b"ok"))
-                }
-                // Not a session refused here: the token of an established session no
-                // longer passes. Engine.IO's answer to a POST it can not take; the
-                // client closes the transport and reconnects.
-                None => {
-                    session.set_keepalive(None);
-                    let body = Bytes::from_static(br#"{"code":1,"message":"Session ID unknown"}"#);
-                    plain(400, "application/json", body)
-                }
-            },
-            EngineRequest::Session { sid, post: false } => {
-                let answer = match self.0.refusals().get(&sid) {
-                    Some(refused) => {
-                        let answer = refused.wait_answer().await;
-                        self.0.refusals().remove(&sid);
-                        answer
-                    }
-                    None => None,
-                };
-                let body = answer.unwrap_or_else(|| socketio::CLOSE_PACKET.to_string());
-                plain(200, TEXT, Bytes::from(body))
-            }
-            EngineRequest::WebSocketHandshake => {
-                // Upgrades never reach Pingora's phases (the tunnel takes them).
-                plain(400, TEXT, Bytes::from_static(b"upgrade expected"))
-            }
-        };
+        let reader = &mut *session;
+        let post_body = move || async move { read_body(reader, REFUSED_POST_BYTES).await.ok() };
+        let (answer, close) =
+            socketio::polling_answer(self.0.refusals(), err, kind, post_body).await;
+        if close {
+            session.set_keepalive(None);
+        }
         Box::pin(self.write_answer(session, answer)).await
     }
 }

@@ -5,13 +5,21 @@
 //! Module map, in the order a request meets them:
 //!
 //! - [`app`]: each accepted connection: its request heads read by the gateway, upgrades
-//!   to [`tunnel`], everything else to Pingora's HTTP path ([`http_path`]).
+//!   to [`tunnel`], every other HTTP/1 request to [`exchange`], HTTP/2 connections to
+//!   Pingora's HTTP/2 server and [`http_path`].
 //! - [`certs`]: the gateway's own certificate (`[proxy.tls]`): checked, served, and
 //!   swapped when its files change.
 //! - [`conn`]: a client connection with the bytes read ahead replayed.
 //! - [`config`]: the TOML file, defaults, and validation that reports every problem.
-//! - [`http_path`]: Pingora's HTTP phases (`ProxyHttp`), each a few lines around the
-//!   shared decision.
+//! - [`exchange`]: one HTTP/1 request carried by the gateway: decided, answered or
+//!   forwarded, its answer relayed, counted and logged once.
+//! - [`body`]: message bodies relayed by their framing (chunked bodies decoded and
+//!   written again).
+//! - [`response_head`]: the upstream's answer head, read strictly, written again for
+//!   the client.
+//! - [`pool`]: kept-alive upstream connections.
+//! - [`http_path`]: Pingora's HTTP phases (`ProxyHttp`) for HTTP/2 requests, each a few
+//!   lines around the shared decision.
 //! - [`request`]: framing and `Connection` checks, client identity copies, target
 //!   rewriting, token stripping.
 //! - [`path`]: path normalization and the protected/public decision.
@@ -48,11 +56,13 @@
 
 pub mod app;
 pub mod assertion;
+pub mod body;
 pub mod certs;
 pub mod config;
 pub mod conn;
 pub mod decision;
 pub mod engineio;
+pub mod exchange;
 pub mod failures;
 pub mod file_stamp;
 pub mod framing;
@@ -66,8 +76,10 @@ pub mod memory;
 pub mod metrics;
 pub mod open_frame;
 pub mod path;
+pub mod pool;
 pub mod refusal;
 pub mod relay;
+pub mod response_head;
 pub mod request;
 pub mod sealed_sid;
 pub mod server;

@@ -19,6 +19,10 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tokio::sync::Notify;
 
+use bytes::Bytes;
+
+use crate::decision::{Answer, Outcome};
+use crate::engineio::EngineRequest;
 use crate::verify::AuthError;
 
 /// Refused sessions remembered at once; the least recently used go first.
@@ -120,6 +124,72 @@ impl Refusals {
     /// Forgets a session once its `CONNECT_ERROR` was delivered.
     pub fn remove(&self, sid: &str) {
         self.sessions.remove(sid);
+    }
+}
+
+/// Largest polling `POST` body read from a refused session (the client's `CONNECT`).
+pub const REFUSED_POST_BYTES: usize = 64 * 1024;
+
+/// The answer to a refused Engine.IO polling request (`reject_with = "socketio"`), for
+/// both HTTP paths: a handshake gets the refused session's open packet; a `POST` to a
+/// refused session hands over its `CONNECT` (the body, read by `post_body`); a `GET`
+/// waits for it and gets the `CONNECT_ERROR`. The `bool` says whether the connection
+/// must close after the answer (a `POST` whose body was not read).
+pub async fn polling_answer<F>(
+    refusals: &Refusals,
+    err: &AuthError,
+    kind: EngineRequest,
+    post_body: impl FnOnce() -> F,
+) -> (Answer, bool)
+where
+    F: std::future::Future<Output = Option<Vec<u8>>>,
+{
+    const TEXT: &str = "text/plain; charset=UTF-8";
+    let plain = |status: u16, content_type: &'static str, body: Bytes| Answer {
+        status,
+        content_type,
+        header: None,
+        body,
+        outcome: Outcome::Rejected(err.code),
+        socketio: None,
+    };
+    match kind {
+        EngineRequest::PollingHandshake => {
+            (plain(200, TEXT, Bytes::from(refusals.open(err))), false)
+        }
+        EngineRequest::Session { sid, post: true } => match refusals.get(&sid) {
+            Some(refused) => match post_body().await {
+                Some(body) => {
+                    refused.take_post(&body);
+                    (plain(200, TEXT, Bytes::from_static(b"ok")), false)
+                }
+                None => (plain(400, TEXT, Bytes::from_static(b"bad request")), true),
+            },
+            // Not a session refused here: the token of an established session no
+            // longer passes. Engine.IO's answer to a POST it can not take; the client
+            // closes the transport and reconnects.
+            None => {
+                let body = Bytes::from_static(br#"{"code":1,"message":"Session ID unknown"}"#);
+                (plain(400, "application/json", body), true)
+            }
+        },
+        EngineRequest::Session { sid, post: false } => {
+            let answer = match refusals.get(&sid) {
+                Some(refused) => {
+                    let answer = refused.wait_answer().await;
+                    refusals.remove(&sid);
+                    answer
+                }
+                None => None,
+            };
+            let body = answer.unwrap_or_else(|| CLOSE_PACKET.to_string());
+            (plain(200, TEXT, Bytes::from(body)), false)
+        }
+        // Upgrades are refused by the tunnel, which completes the WebSocket handshake.
+        EngineRequest::WebSocketHandshake => (
+            plain(400, TEXT, Bytes::from_static(b"upgrade expected")),
+            true,
+        ),
     }
 }
 

@@ -21,10 +21,8 @@ use crate::decision::{Answer, Decision, Forward, Outcome};
 use crate::engineio::{EngineRequest, Fed, Handshake, rewrite_open_packet};
 use crate::framing::{ChunkedEnd, Framing};
 use crate::gateway::Gateway;
-use crate::head::{
-    NoHead, Received, ResponseBody, UPSTREAM_HEAD_TIMEOUT, read_response_head, request_bytes,
-    serialize, strip_hop_by_hop,
-};
+use crate::head::{NoHead, UPSTREAM_HEAD_TIMEOUT, request_bytes, strip_hop_by_hop};
+use crate::response_head::{self, NoAnswer, Received, ResponseBody};
 use crate::open_frame::{self, First};
 use crate::relay::{End, Frames, Relay};
 use crate::socketio::{self, WsRefusal};
@@ -115,10 +113,14 @@ async fn open(
     if send_head(&mut upstream, &mut req, &forward).await.is_err() {
         return upstream_failed(gw, conn, outcome, false, &req).await;
     }
-    let (status, answer) = match read_response_head(&mut upstream).await {
+    let answer = match response_head::read(&mut upstream, UPSTREAM_HEAD_TIMEOUT, Vec::new()).await {
         Ok(r) => r,
-        Err(timed_out) => return upstream_failed(gw, conn, outcome, timed_out, &req).await,
+        Err(e) => {
+            let timed_out = e == NoAnswer::TimedOut;
+            return upstream_failed(gw, conn, outcome, timed_out, &req).await;
+        }
     };
+    let status = answer.status;
     gw.count(outcome, false);
     if status != 101 {
         not_switching(conn, &mut upstream, answer, &req).await;
@@ -203,7 +205,7 @@ async fn send_head(
     req: &mut RequestHeader,
     forward: &Forward,
 ) -> io::Result<()> {
-    strip_hop_by_hop(req);
+    strip_hop_by_hop(req, true);
     if forward.handshake.is_some() {
         req.remove_header(&header::SEC_WEBSOCKET_EXTENSIONS);
     }
@@ -415,10 +417,8 @@ async fn write_answer(
     req: Option<&RequestHeader>,
 ) -> io::Result<()> {
     let origin = req.and_then(|r| r.headers.get(header::ORIGIN));
-    let head = answer
-        .head(origin, &gw.settings().auth.cors_origins)
-        .map_err(|e| io::Error::other(e.to_string()))?;
-    conn.write_all(&serialize(&head, &answer.body)).await?;
+    let bytes = answer.render(origin, &gw.settings().auth.cors_origins, Some("close"));
+    conn.write_all(&bytes).await?;
     conn.flush().await
 }
 

@@ -1,0 +1,167 @@
+//! Kept-alive upstream connections (docs/request-handling.md "Upstream connections"):
+//! one idle list per configured server, most recently used first. A connection goes
+//! back only after an exchange in which both sides ended cleanly
+//! ([`crate::exchange`]); one taken out is checked first (idle for less than
+//! `upstream.pool_idle`, and the upstream has neither closed it nor sent anything since
+//! its last answer), so a request is never written onto a connection known to be dead.
+//! Nothing runs in the background: expired connections are dropped when the list is
+//! next touched.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, ReadBuf};
+
+use crate::upstream_tls::UpstreamStream;
+
+/// Idle connections kept per server at the most (beyond it, a returned one is closed).
+pub const MAX_IDLE_PER_SERVER: usize = 512;
+
+/// An idle connection and when it was last used.
+#[derive(Debug)]
+struct Idle {
+    stream: UpstreamStream,
+    since: Instant,
+}
+
+/// The idle connections of every server.
+#[derive(Debug)]
+pub struct Pool {
+    /// The servers are known at start-up: the map is never written after it.
+    servers: HashMap<SocketAddr, Mutex<Vec<Idle>>>,
+    /// `upstream.pool_idle`: how long a connection may stay idle.
+    idle_for: Duration,
+}
+
+impl Pool {
+    /// An empty pool for these servers.
+    pub fn new(servers: &[SocketAddr], idle_for: Duration) -> Self {
+        Pool {
+            servers: servers
+                .iter()
+                .map(|a| (*a, Mutex::new(Vec::new())))
+                .collect(),
+            idle_for,
+        }
+    }
+
+    /// A kept-alive connection to `addr` that is still usable, if any.
+    pub fn take(&self, addr: SocketAddr) -> Option<UpstreamStream> {
+        let list = self.servers.get(&addr)?;
+        loop {
+            let idle = list.lock().ok()?.pop()?;
+            // Checked and, when stale, dropped outside the lock.
+            let Idle { mut stream, since } = idle;
+            if since.elapsed() < self.idle_for && quiet(&mut stream) {
+                return Some(stream);
+            }
+        }
+    }
+
+    /// Keeps a connection whose exchange ended cleanly, for the next request to `addr`.
+    pub fn put(&self, addr: SocketAddr, stream: UpstreamStream) {
+        if self.idle_for.is_zero() {
+            return;
+        }
+        let Some(list) = self.servers.get(&addr) else {
+            return;
+        };
+        let expired: Vec<Idle> = {
+            let Ok(mut list) = list.lock() else {
+                return;
+            };
+            // The oldest are at the front.
+            let stale = list
+                .iter()
+                .take_while(|i| i.since.elapsed() >= self.idle_for)
+                .count();
+            let mut expired: Vec<Idle> = list.drain(..stale).collect();
+            if list.len() >= MAX_IDLE_PER_SERVER {
+                expired.push(list.remove(0));
+            }
+            list.push(Idle {
+                stream,
+                since: Instant::now(),
+            });
+            expired
+        };
+        drop(expired);
+    }
+
+    /// Idle connections held, for every server.
+    pub fn idle(&self) -> usize {
+        self.servers
+            .values()
+            .filter_map(|l| l.lock().ok().map(|l| l.len()))
+            .sum()
+    }
+}
+
+/// Whether an idle connection has nothing to say: not closed by the upstream, nothing
+/// sent since its last answer (a byte there would be read as the next answer's start).
+fn quiet(stream: &mut UpstreamStream) -> bool {
+    let mut byte = [0u8; 1];
+    let mut buf = ReadBuf::new(&mut byte);
+    let mut cx = Context::from_waker(Waker::noop());
+    matches!(
+        Pin::new(stream).poll_read(&mut cx, &mut buf),
+        Poll::Pending
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let client = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("{e}"));
+        let (server, _) = listener.accept().await.unwrap_or_else(|e| panic!("{e}"));
+        (client, server)
+    }
+
+    /// The client side once something (a close, bytes) has reached its socket.
+    async fn once_readable(client: TcpStream) -> UpstreamStream {
+        client.readable().await.unwrap_or_else(|e| panic!("{e}"));
+        UpstreamStream::Plain(client)
+    }
+
+    #[tokio::test]
+    async fn only_quiet_connections_come_back() {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let pool = Pool::new(&[addr], Duration::from_secs(60));
+        assert!(pool.take(addr).is_none());
+
+        let (quiet_one, _server) = pair(&listener).await;
+        pool.put(addr, UpstreamStream::Plain(quiet_one));
+        assert!(pool.take(addr).is_some(), "an open, quiet connection is reused");
+
+        let (closed, server) = pair(&listener).await;
+        drop(server);
+        pool.put(addr, once_readable(closed).await);
+        assert!(pool.take(addr).is_none(), "a closed connection is dropped");
+
+        let (talking, mut server) = pair(&listener).await;
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\n")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        pool.put(addr, once_readable(talking).await);
+        assert!(pool.take(addr).is_none(), "a connection with bytes waiting is dropped");
+        assert_eq!(pool.idle(), 0);
+
+        let expiring = Pool::new(&[addr], Duration::ZERO);
+        let (c, _s) = pair(&listener).await;
+        expiring.put(addr, UpstreamStream::Plain(c));
+        assert_eq!(expiring.idle(), 0, "pool_idle = 0s keeps nothing");
+    }
+}
