@@ -10,7 +10,10 @@
 //! - [`http1`]: a byte-exact HTTP/1.1 client (paths are sent exactly as written).
 //! - [`recorder`]: an upstream that records what reached it.
 //! - [`raw_upstream`]: a raw keep-alive HTTP/1.1 upstream recording every request it
-//!   parses on a connection (the witness for smuggled requests).
+//!   parses on a connection (the witness for smuggled requests), answering each with a
+//!   fixed response or a scripted one.
+//! - [`wire`]: echo answers, whole-connection reads, and the rules a forwarded request
+//!   must follow (the framing and smuggling corpora).
 //! - [`tokens`]: minting test tokens with the fixture keys.
 //! - [`eio`]: Engine.IO v4 / socket.io v5 over polling and WebSocket.
 
@@ -22,6 +25,7 @@ pub mod raw_upstream;
 pub mod recorder;
 pub mod tls;
 pub mod tokens;
+pub mod wire;
 
 /// The HS256 secret the tests run the gateway with (>= 32 bytes).
 pub const SECRET: &str = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz";
