@@ -146,9 +146,12 @@ pub enum Source {
 /// Why a relay stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
-    /// The sender closed, failed, or sent a malformed body.
-    #[error("the sender ended the body early or framed it badly")]
+    /// The sender closed or failed before the body's end.
+    #[error("the sender ended the body early")]
     Read,
+    /// The sender framed the body badly (a malformed chunk).
+    #[error("the body is framed badly")]
+    Malformed,
     /// The sender was silent for longer than the read timeout.
     #[error("the sender was silent for too long")]
     TimedOut,
@@ -215,7 +218,7 @@ where
                         Encode::Chunked => push_chunk(&mut out, data),
                         Encode::Plain => out.extend_from_slice(data),
                     })
-                    .map_err(|_| RelayError::Read)?;
+                    .map_err(|_| RelayError::Malformed)?;
                 if chunks.done() && used < buf.len() {
                     extra = true;
                 }
@@ -255,7 +258,11 @@ where
                 .map_err(|_| RelayError::TimedOut)?,
             None => read.await,
         }
-        .map_err(|_| RelayError::Read)?;
+        .map_err(|e| match e.kind() {
+            // A client connection refuses a malformed chunk as it reads it.
+            io::ErrorKind::InvalidData => RelayError::Malformed,
+            _ => RelayError::Read,
+        })?;
         buf.truncate(at + n);
         if n == 0 {
             if source == Source::UntilClose {

@@ -76,6 +76,17 @@ enum UpstreamFailure {
     Handshake,
 }
 
+/// Why a request was not sent, or got no answer head.
+#[derive(Debug)]
+enum Unsent {
+    /// The client closed before its body's end: nothing to answer.
+    ClientLeft,
+    /// The client's chunked body is malformed: `400`.
+    Malformed,
+    /// The upstream failed: `502`/`504`.
+    Upstream(UpstreamFailure),
+}
+
 impl UpstreamFailure {
     /// `504` when the upstream was too slow, else `502`.
     fn timed_out(&self) -> bool {
@@ -226,12 +237,17 @@ async fn forward(
     let (mut up, received) =
         match send(gw, pool, conn, addr, head, framing, expect_continue, ctx).await {
             Ok(sent) => sent,
-            Err(None) => {
+            Err(Unsent::ClientLeft) => {
                 // The client left mid-body: nothing to answer.
                 ctx.keep_alive = false;
                 return;
             }
-            Err(Some(failure)) => {
+            Err(Unsent::Malformed) => {
+                let answer = Answer::bad_request("the chunked body is malformed");
+                ctx.keep_alive = false;
+                return answer_it(gw, conn, req, Framing::None, answer, ctx).await;
+            }
+            Err(Unsent::Upstream(failure)) => {
                 return upstream_failed(gw, conn, req, ctx, Some(addr), failure).await;
             }
         };
@@ -293,7 +309,7 @@ fn upstream_head(req: &mut RequestHeader, f: &Forward, framing: Framing) -> Vec<
 /// Step: send the head and body, read the answer head (interim answers passed on to
 /// an HTTP/1.1 client). A kept-alive connection that the upstream had closed, found
 /// only when writing or by silence, is replaced by a new one once, for a request
-/// without a body (nothing of it was consumed). `Err(None)`: the client left.
+/// without a body (nothing of it was consumed).
 #[allow(clippy::too_many_arguments)]
 async fn send(
     gw: &Gateway,
@@ -304,20 +320,22 @@ async fn send(
     framing: Framing,
     expect_continue: bool,
     ctx: &Ctx,
-) -> Result<(UpstreamStream, Received), Option<UpstreamFailure>> {
+) -> Result<(UpstreamStream, Received), Unsent> {
     let read_timeout = gw.settings().upstream.read_timeout;
     let mut kept = pool.take(addr);
     loop {
         let reused = kept.is_some();
         let mut up = match kept.take() {
             Some(up) => up,
-            None => connect(gw, addr).await.map_err(|e| Some(UpstreamFailure::Connect(e)))?,
+            None => connect(gw, addr)
+                .await
+                .map_err(|e| Unsent::Upstream(UpstreamFailure::Connect(e)))?,
         };
         let sent = if framing.has_body() {
             if expect_continue {
                 let cont = b"HTTP/1.1 100 Continue\r\n\r\n";
                 if conn.write_all(cont).await.is_err() || conn.flush().await.is_err() {
-                    return Err(None);
+                    return Err(Unsent::ClientLeft);
                 }
             }
             let source = source_of(framing);
@@ -331,7 +349,8 @@ async fn send(
             match body::relay(conn, &[], &mut up, head, source, encode, None).await {
                 Ok(_) => Ok(()),
                 Err(RelayError::Write(e)) => Err(e),
-                Err(_) => return Err(None),
+                Err(RelayError::Malformed) => return Err(Unsent::Malformed),
+                Err(_) => return Err(Unsent::ClientLeft),
             }
         } else {
             async { up.write_all(&head).await.and(up.flush().await) }.await
@@ -340,19 +359,19 @@ async fn send(
             Ok(()) => {
                 next_final_head(conn, &mut up, read_timeout, ctx)
                     .await
-                    .map_err(Some)?
+                    .map_err(Unsent::Upstream)?
             }
             Err(e) if reused && !framing.has_body() => {
                 tracing::debug!(upstream = %addr, "a kept-alive connection failed ({e}); a new one");
                 continue;
             }
-            Err(e) => return Err(Some(UpstreamFailure::Send(e))),
+            Err(e) => return Err(Unsent::Upstream(UpstreamFailure::Send(e))),
         };
         match received {
             Err(NoAnswer::Closed { silent: true }) if reused && !framing.has_body() => {
                 tracing::debug!(upstream = %addr, "a kept-alive connection was closed; a new one");
             }
-            Err(e) => return Err(Some(UpstreamFailure::Answer(e))),
+            Err(e) => return Err(Unsent::Upstream(UpstreamFailure::Answer(e))),
             Ok(r) => return Ok((up, r)),
         }
     }

@@ -154,6 +154,15 @@ pub fn parse_head(bytes: &[u8]) -> Result<Head, NoHead> {
         _ => return Err(BAD),
     }
     let framing = request_framing(req.headers).map_err(|e| NoHead::Malformed(e.reason()))?;
+    // RFC 9112 3.2: an HTTP/1.1 request without a Host field, or with two, is `400`.
+    let hosts = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"))
+        .count();
+    if hosts > 1 || (hosts == 0 && req.version == Some(1)) {
+        return Err(NoHead::Malformed("an HTTP/1.1 request needs exactly one Host field"));
+    }
     let upgrade = req
         .headers
         .iter()
@@ -269,9 +278,9 @@ mod tests {
         assert!(upgrade(
             b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n"
         ));
-        assert!(upgrade(b"GET / HTTP/1.1\r\nUPGRADE:WebSocket\r\n\r\n"));
+        assert!(upgrade(b"GET / HTTP/1.1\r\nHost: a\r\nUPGRADE:WebSocket\r\n\r\n"));
         assert!(upgrade(
-            b"GET / HTTP/1.1\r\nUpgrade: h2c, websocket/13\r\n\r\n"
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c, websocket/13\r\n\r\n"
         ));
         assert!(!upgrade(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
         let h2c = b"GET / HTTP/1.1\r\nUpgrade: h2c\r\nUpgrade-Insecure-Requests: 1\r\nX: websocket\r\n\r\n";
@@ -290,7 +299,7 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
-        let head = parse_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let head = parse_head(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(head.map(|h| h.framing), Ok(Framing::Chunked));
     }
 }
