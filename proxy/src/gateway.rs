@@ -16,6 +16,7 @@ use pingora::prelude::*;
 
 use crate::config::{RejectWith, Settings};
 use crate::decision::{Answer, Decision, Forward, Outcome};
+use crate::dial::Dialer;
 use crate::engineio::{EngineQuery, Handshake};
 use crate::failures::FailureLimit;
 use crate::logging::Redactor;
@@ -73,6 +74,8 @@ pub struct Gateway {
     refusals: Refusals,
     /// The identity headers, whose client copies are removed under any spelling.
     identity_names: IdentityNames,
+    /// Connects to the upstream servers (`upstream.max_connecting`, `upstream.retries`).
+    dialer: Dialer,
 }
 
 /// Seconds since the epoch.
@@ -109,6 +112,7 @@ impl Gateway {
             refusals: Refusals::default(),
             identity_names: IdentityNames::new(settings.identity_headers()),
             failures: FailureLimit::new(settings.auth.failure_limit),
+            dialer: Dialer::new(&settings.upstream),
             settings,
             redactor,
             in_flight,
@@ -118,6 +122,12 @@ impl Gateway {
     /// The settings the gateway runs with.
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// Connects to the upstream servers, every request path through the same cap
+    /// per server (docs/configuration.md, `upstream.max_connecting`).
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
     }
 
     /// The metrics it counts.

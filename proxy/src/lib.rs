@@ -38,6 +38,8 @@
 //!   user and its server, sealed with the session key.
 //! - [`upstreams`]: which server a request goes to (stickiness, health, sessions).
 //! - [`upstream_tls`]: TLS to the upstreams, shared by tunnels and health checks.
+//! - [`dial`]: connects to an upstream server: at most `upstream.max_connecting` in
+//!   flight per server, retried, within one time budget.
 //! - [`head`]: HTTP/1 heads read and written by the gateway (bounded in size and time,
 //!   parsed once with `httparse`).
 //! - [`framing`]: where a request message ends (its length, or its chunked body's end),
@@ -61,6 +63,7 @@ pub mod certs;
 pub mod config;
 pub mod conn;
 pub mod decision;
+pub mod dial;
 pub mod engineio;
 pub mod exchange;
 pub mod failures;

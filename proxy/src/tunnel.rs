@@ -91,23 +91,14 @@ async fn open(
     let Some(addr) = gw.pick_upstream(Some(&mut forward)) else {
         return upstream_failed(gw, conn, outcome, false, &req).await;
     };
-    let tls = gw.settings().upstream.tls.as_ref();
-    let upstream_cfg = &gw.settings().upstream;
-    let mut retries = 0;
-    let mut upstream = loop {
-        match UpstreamStream::connect(addr, tls, upstream_cfg.connect_timeout).await {
-            Ok(s) => break s,
-            // Timed out or refused: tried again (`upstream.retries`, docs/configuration.md).
-            Err((timed_out, error))
-                if retries < upstream_cfg.retries
-                    && (timed_out || error.kind() == std::io::ErrorKind::ConnectionRefused) =>
-            {
-                retries += 1;
-            }
-            Err((timed_out, error)) => {
-                tracing::warn!(upstream = %addr, client, request, timed_out, retries, %error, "upstream unreachable for an upgrade");
-                return upstream_failed(gw, conn, outcome, timed_out, &req).await;
-            }
+    // At most `upstream.max_connecting` at once, retried (`upstream.retries`,
+    // docs/configuration.md).
+    let mut upstream = match gw.dialer().dial(addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            let (timed_out, retries, error) = (e.timed_out, e.retries, e.error);
+            tracing::warn!(upstream = %addr, client, request, timed_out, retries, %error, "upstream unreachable for an upgrade");
+            return upstream_failed(gw, conn, outcome, timed_out, &req).await;
         }
     };
     if send_head(&mut upstream, &mut req, &forward).await.is_err() {

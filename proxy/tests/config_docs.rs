@@ -1,7 +1,7 @@
 //! Every key of the gateway's configuration is documented where users look for it: a
 //! row of the table in `docs/configuration.md` (the README links it), whose default
 //! must be the real one, and a line in the demo `config.toml` (set, or commented out). The defaults live in one
-//! place, the schema in `proxy/src/config.rs`; this test holds the other two to it.
+//! place, each section's schema in its file of `proxy/src/config/`; this test holds the other two to it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

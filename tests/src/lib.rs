@@ -4,7 +4,7 @@
 //! when its handle is dropped, even when a test fails.
 //!
 //! Module map:
-//! - [`bench`]: the systems under test of the benchmark tools.
+//! - [`mod@bench`]: the systems under test of the benchmark tools.
 //! - [`tls`]: a test CA (rcgen), its leaves as PEM files, and a TLS client.
 //! - [`procs`]: locating the binaries, spawning them, capturing their logs.
 //! - [`http1`]: a byte-exact HTTP/1.1 client (paths are sent exactly as written).

@@ -1,6 +1,7 @@
-//! The one key source of `[auth]` (docs/configuration.md, "Key sources"): which one is
-//! written, the default when none is, and `oidc_issuer` resolved through its discovery
-//! document into the `jwks_uri` it names.
+//! Where `[auth]`'s keys come from: the one key source (docs/configuration.md, "Key
+//! sources"), which one is written, the default when none is, and `oidc_issuer`
+//! resolved through its discovery document into the `jwks_uri` it names; and the key
+//! Engine.IO session ids are sealed with (docs/request-handling.md "Engine.IO sessions").
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -9,7 +10,9 @@ use jsonwebtoken::Algorithm;
 
 use super::AuthConfig;
 use super::parse::Problems;
+use super::values::resolve;
 use crate::keys::{self, Discovery, KeySource};
+use crate::sealed_sid::SidSeal;
 
 /// The key source, resolved: `oidc_issuer` has become its `jwks_uri`, with the
 /// discovery document it came from.
@@ -108,6 +111,44 @@ fn check_algorithms(discovery: &Discovery, algs: &[Algorithm], v: &mut Problems<
     }
 }
 
+/// The key Engine.IO session ids are sealed with: `auth.session_key_env` or
+/// `auth.session_key_file` (>= 32 bytes, as HMAC secrets), else a random one; and
+/// whether it came from the config.
+pub(super) fn session_key(
+    auth: &AuthConfig,
+    v: &mut Problems<'_>,
+    base_dir: &Path,
+) -> (Option<SidSeal>, bool) {
+    let (key, source) = match (&auth.session_key_env, &auth.session_key_file) {
+        (Some(_), Some(_)) => {
+            for key in ["auth.session_key_env", "auth.session_key_file"] {
+                v.push(
+                    key,
+                    "give the session key once: session_key_env or session_key_file".into(),
+                );
+            }
+            return (None, true);
+        }
+        (Some(name), None) => ("auth.session_key_env", KeySource::SecretEnv(name.clone())),
+        (None, Some(p)) => (
+            "auth.session_key_file",
+            KeySource::SecretFile(resolve(base_dir, p)),
+        ),
+        (None, None) => {
+            let seal = SidSeal::random()
+                .map_err(|e| v.push("auth.session_key_env", e.to_string()))
+                .ok();
+            return (seal, false);
+        }
+    };
+    let seal = keys::read_secret(&source)
+        .map_err(|e| e.to_string())
+        .and_then(|secret| SidSeal::new(&secret).map_err(|e| e.to_string()))
+        .map_err(|m| v.push(key, m))
+        .ok();
+    (seal, true)
+}
+
 impl AuthConfig {
     /// Whether `[auth]` names a key source (else `secret_env = "JWT_SECRET"` applies).
     pub fn key_sources_written(&self) -> bool {
@@ -122,13 +163,7 @@ impl AuthConfig {
     /// The key sources written in `[auth]` with their keys, relative paths resolved
     /// against `base_dir`; `secret_env = "JWT_SECRET"` when none is written.
     pub fn key_sources(&self, base_dir: &Path) -> Vec<(&'static str, KeySource)> {
-        let resolve = |p: &PathBuf| {
-            if p.is_absolute() {
-                p.clone()
-            } else {
-                base_dir.join(p)
-            }
-        };
+        let resolve = |p: &PathBuf| resolve(base_dir, p);
         let mut given = Vec::new();
         if let Some(name) = &self.secret_env {
             given.push(("auth.secret_env", KeySource::SecretEnv(name.clone())));

@@ -45,7 +45,7 @@ impl BackgroundService for KeyWatcher {
 
 /// Fetches a `jwks_url` at start, refreshes it at the server's `Cache-Control` max-age
 /// (bounded), and re-fetches when a token names an unknown `kid`, at most once per
-/// [`MIN_REFETCH`]. A failed fetch keeps the last good keys. `jku`/`x5u` headers of
+/// `MIN_REFETCH` (5 s). A failed fetch keeps the last good keys. `jku`/`x5u` headers of
 /// tokens are never followed: only this configured URL is fetched.
 #[derive(Debug)]
 pub struct JwksFetcher {
