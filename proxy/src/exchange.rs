@@ -19,6 +19,7 @@ use tokio::io::AsyncWriteExt;
 use crate::body::{self, Encode, RelayError, Source};
 use crate::conn::Conn;
 use crate::decision::{Answer, Decision, Forward, Outcome};
+use crate::dial::DialError;
 use crate::engineio::{EngineRequest, Fed, rewrite_open_packet};
 use crate::framing::Framing;
 use crate::gateway::Gateway;
@@ -62,9 +63,9 @@ enum UpstreamFailure {
     /// No server is healthy.
     #[error("no healthy upstream server")]
     NoServer,
-    /// The connect failed or timed out.
+    /// The connect failed or timed out (`upstream.retries`, `upstream.max_connecting`).
     #[error("connect failed: {0}")]
-    Connect(std::io::Error),
+    Connect(DialError),
     /// The request could not be written.
     #[error("the request could not be written: {0}")]
     Send(std::io::Error),
@@ -91,7 +92,7 @@ impl UpstreamFailure {
     /// `504` when the upstream was too slow, else `502`.
     fn timed_out(&self) -> bool {
         match self {
-            UpstreamFailure::Connect(e) => e.kind() == std::io::ErrorKind::TimedOut,
+            UpstreamFailure::Connect(e) => e.timed_out,
             UpstreamFailure::Answer(NoAnswer::TimedOut) => true,
             _ => false,
         }
@@ -327,7 +328,9 @@ async fn send(
         let reused = kept.is_some();
         let mut up = match kept.take() {
             Some(up) => up,
-            None => connect(gw, addr)
+            None => gw
+                .dialer()
+                .dial(addr)
                 .await
                 .map_err(|e| Unsent::Upstream(UpstreamFailure::Connect(e)))?,
         };
@@ -406,27 +409,6 @@ async fn next_final_head(
             let _ = conn.flush().await;
         }
         carry = received.after().to_vec();
-    }
-}
-
-/// Connects to `addr`, trying again a connect that timed out or was refused
-/// (`upstream.retries`, docs/configuration.md).
-async fn connect(gw: &Gateway, addr: SocketAddr) -> std::io::Result<UpstreamStream> {
-    let upstream = &gw.settings().upstream;
-    let mut retries = 0;
-    loop {
-        match UpstreamStream::connect(addr, upstream.tls.as_ref(), upstream.connect_timeout).await
-        {
-            Ok(s) => return Ok(s),
-            Err((timed_out, e))
-                if retries < upstream.retries
-                    && (timed_out || e.kind() == std::io::ErrorKind::ConnectionRefused) =>
-            {
-                retries += 1;
-            }
-            Err((true, _)) => return Err(std::io::ErrorKind::TimedOut.into()),
-            Err((false, e)) => return Err(e),
-        }
     }
 }
 
