@@ -77,7 +77,14 @@ impl ServerApp for App {
                 // Boxed: a connection waiting for its next head does not carry the
                 // tunnel's state inline.
                 let (len, framing) = (head.len, head.framing);
-                Box::pin(tunnel::carry(&self.gateway, conn, len, framing, head.request)).await;
+                Box::pin(tunnel::carry(
+                    &self.gateway,
+                    conn,
+                    len,
+                    framing,
+                    head.request,
+                ))
+                .await;
                 return None;
             }
             let draining = *shutdown.borrow();

@@ -185,7 +185,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf: Vec<u8> = Vec::with_capacity(first.len().max(1024).min(READ_BYTES));
+    let mut buf: Vec<u8> = Vec::with_capacity(first.len().clamp(1024, READ_BYTES));
     buf.extend_from_slice(first);
     let mut chunks = Chunks::default();
     let mut left = match source {
@@ -389,7 +389,12 @@ mod tests {
     #[tokio::test]
     async fn bodies_are_relayed_by_their_framing() {
         let cases: [(&[u8], Source, Encode, &[u8]); 4] = [
-            (b"hello world", Source::Length(5), Encode::Plain, b"HEADhello"),
+            (
+                b"hello world",
+                Source::Length(5),
+                Encode::Plain,
+                b"HEADhello",
+            ),
             (
                 b"3\r\nabc\r\n0\r\n\r\n",
                 Source::Chunked,

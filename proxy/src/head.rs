@@ -161,7 +161,9 @@ pub fn parse_head(bytes: &[u8]) -> Result<Head, NoHead> {
         .filter(|h| h.name.eq_ignore_ascii_case("host"))
         .count();
     if hosts > 1 || (hosts == 0 && req.version == Some(1)) {
-        return Err(NoHead::Malformed("an HTTP/1.1 request needs exactly one Host field"));
+        return Err(NoHead::Malformed(
+            "an HTTP/1.1 request needs exactly one Host field",
+        ));
     }
     let upgrade = req
         .headers
@@ -209,7 +211,9 @@ pub fn strip_hop_by_hop(req: &mut RequestHeader, upgrade: bool) {
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty() && !(upgrade && t.eq_ignore_ascii_case(b"upgrade")))
+        .filter(|t| !t.is_empty())
+        // An upgrade keeps the `Connection: upgrade` it needs.
+        .filter(|t| !(upgrade && t.eq_ignore_ascii_case(b"upgrade")))
         .filter_map(|t| http::HeaderName::from_bytes(t).ok())
         .collect();
     for name in named {
@@ -278,7 +282,9 @@ mod tests {
         assert!(upgrade(
             b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n"
         ));
-        assert!(upgrade(b"GET / HTTP/1.1\r\nHost: a\r\nUPGRADE:WebSocket\r\n\r\n"));
+        assert!(upgrade(
+            b"GET / HTTP/1.1\r\nHost: a\r\nUPGRADE:WebSocket\r\n\r\n"
+        ));
         assert!(upgrade(
             b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c, websocket/13\r\n\r\n"
         ));

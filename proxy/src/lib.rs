@@ -13,6 +13,8 @@
 //! - [`config`]: the TOML file, defaults, and validation that reports every problem.
 //! - [`exchange`]: one HTTP/1 request carried by the gateway: decided, answered or
 //!   forwarded, its answer relayed, counted and logged once.
+//! - [`forward`]: its forwarding step: the head written upstream, the body and the
+//!   answer relayed, a handshake's answer sealed.
 //! - [`body`]: message bodies relayed by their framing (chunked bodies decoded and
 //!   written again).
 //! - [`response_head`]: the upstream's answer head, read strictly, written again for
@@ -68,6 +70,7 @@ pub mod engineio;
 pub mod exchange;
 pub mod failures;
 pub mod file_stamp;
+pub mod forward;
 pub mod framing;
 pub mod gateway;
 pub mod head;
@@ -82,8 +85,8 @@ pub mod path;
 pub mod pool;
 pub mod refusal;
 pub mod relay;
-pub mod response_head;
 pub mod request;
+pub mod response_head;
 pub mod sealed_sid;
 pub mod server;
 pub mod socketio;

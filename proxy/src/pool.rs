@@ -107,10 +107,7 @@ fn quiet(stream: &mut UpstreamStream) -> bool {
     let mut byte = [0u8; 1];
     let mut buf = ReadBuf::new(&mut byte);
     let mut cx = Context::from_waker(Waker::noop());
-    matches!(
-        Pin::new(stream).poll_read(&mut cx, &mut buf),
-        Poll::Pending
-    )
+    matches!(Pin::new(stream).poll_read(&mut cx, &mut buf), Poll::Pending)
 }
 
 #[cfg(test)]
@@ -121,7 +118,9 @@ mod tests {
 
     async fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-        let client = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("{e}"));
+        let client = TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let (server, _) = listener.accept().await.unwrap_or_else(|e| panic!("{e}"));
         (client, server)
     }
@@ -143,7 +142,10 @@ mod tests {
 
         let (quiet_one, _server) = pair(&listener).await;
         pool.put(addr, UpstreamStream::Plain(quiet_one));
-        assert!(pool.take(addr).is_some(), "an open, quiet connection is reused");
+        assert!(
+            pool.take(addr).is_some(),
+            "an open, quiet connection is reused"
+        );
 
         let (closed, server) = pair(&listener).await;
         drop(server);
@@ -156,7 +158,10 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         pool.put(addr, once_readable(talking).await);
-        assert!(pool.take(addr).is_none(), "a connection with bytes waiting is dropped");
+        assert!(
+            pool.take(addr).is_none(),
+            "a connection with bytes waiting is dropped"
+        );
         assert_eq!(pool.idle(), 0);
 
         let expiring = Pool::new(&[addr], Duration::ZERO);

@@ -206,7 +206,9 @@ impl Received {
                 && self.status != 204
                 && !(100..200).contains(&self.status);
             if (hop_by_hop(h.name) && !keep_length)
-                || named.iter().any(|n| n.eq_ignore_ascii_case(h.name.as_bytes()))
+                || named
+                    .iter()
+                    .any(|n| n.eq_ignore_ascii_case(h.name.as_bytes()))
             {
                 continue;
             }
