@@ -107,6 +107,21 @@ pub fn server_conf(settings: &Settings) -> ServerConf {
     }
 }
 
+/// The gateway's proxy service, without a listener: [`App`] over Pingora's HTTP proxy.
+pub fn proxy_service(conf: &Arc<ServerConf>, gateway: Arc<Gateway>) -> Service<App> {
+    let http = pingora::proxy::http_proxy(conf, HttpPath(gateway.clone()));
+    Service::new("gateway".to_string(), App::new(gateway, http))
+}
+
+/// The client listener on `addr` before its TLS: connections without Pingora's buffers
+/// ([`DOWNSTREAM_READ_BUFFER`], [`DOWNSTREAM_WRITE_BUFFER`]).
+pub fn plain_listener(addr: &str) -> ListenerConfig {
+    ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::new(
+        DOWNSTREAM_READ_BUFFER,
+        DOWNSTREAM_WRITE_BUFFER,
+    ))
+}
+
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -209,11 +224,8 @@ pub fn run(
         upstreams,
     );
     let gateway = Arc::new(gateway);
-    let http = pingora::proxy::http_proxy(&server.configuration, HttpPath(gateway.clone()));
-    let mut proxy = Service::new("gateway".to_string(), App::new(gateway, http));
-    let mut listener = ListenerConfig::tcp(settings.proxy.listen.to_string()).l4_buffer(
-        L4BufferSettings::new(DOWNSTREAM_READ_BUFFER, DOWNSTREAM_WRITE_BUFFER),
-    );
+    let mut proxy = proxy_service(&server.configuration, gateway);
+    let mut listener = plain_listener(&settings.proxy.listen.to_string());
     if let Some(tls) = &settings.proxy.tls {
         let resolver = Arc::new(CertResolver::new(&tls.pair));
         listener = listener.tls(tls_settings(resolver.clone())?);

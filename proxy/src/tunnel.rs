@@ -10,6 +10,7 @@
 //! written straight through; only a write that would block keeps its remainder.
 
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header;
@@ -46,23 +47,38 @@ pub async fn refuse_head(gw: &Gateway, conn: &mut Conn, why: NoHead) {
 }
 
 /// Carries one upgrade request whose head (`len` bytes, parsed as `req`) is in `conn`'s
-/// read-ahead bytes.
+/// read-ahead bytes, in a task of its own: this returns at once, and the connection's
+/// task ends.
+///
+/// Why a task of its own: the task Pingora spawns for each accepted connection holds
+/// the future of its listener's TLS handshake inline (`UninitializedStream::handshake`
+/// in pingora-core 0.9.1, with rustls's server state in it once the `rustls` feature is
+/// built), about 9 KiB for every connection, TLS or not, for as long as the task runs.
+/// A tunnel that went on in that task kept those 9 KiB for hours; its own task holds
+/// only the tunnel's state (docs/performance.md, "What a held WebSocket keeps").
 pub async fn carry(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     mut conn: Box<Conn>,
     len: usize,
     framing: Framing,
     req: RequestHeader,
 ) {
-    let _in_flight = gw.enter();
-    let started = Instant::now();
+    let in_flight = gw.enter();
     conn.consume(len);
-    // Deciding and opening need the request; the open tunnel does not. Boxed, so that
-    // the state of the first phase is freed before the tunnel settles in for hours.
-    let Some(opened) = Box::pin(open(gw, &mut conn, framing, req)).await else {
-        return;
-    };
-    relay(gw, conn, opened, started).await;
+    // Boxed: the task's future keeps a pointer, not the request, for the tunnel's life.
+    let req = Box::new(req);
+    let gw = gw.clone();
+    tokio::spawn(async move {
+        let _in_flight = in_flight;
+        let started = Instant::now();
+        // Deciding and opening need the request; the open tunnel does not. Boxed, so
+        // that the state of the first phase is freed before the tunnel settles in for
+        // hours.
+        let Some(opened) = Box::pin(open(&gw, &mut conn, framing, *req)).await else {
+            return;
+        };
+        relay(&gw, conn, opened, started).await;
+    });
 }
 
 /// What an open tunnel keeps of its request.
