@@ -38,6 +38,33 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
+    /// An HTTP/1 connection, request after request: each head read by the gateway, an
+    /// upgrade handed to the tunnel, every other request carried by [`exchange::serve`]
+    /// (boxed, so that a connection waiting for its next head holds no request state).
+    async fn serve_http1(&self, stream: Stream, shutdown: ShutdownWatch) {
+        let mut conn = Box::new(Conn::new(stream));
+        loop {
+            let head = match head::read_head(&mut conn).await {
+                Ok(head) => head,
+                Err(why) => {
+                    tunnel::refuse_head(&self.gateway, &mut conn, why).await;
+                    return;
+                }
+            };
+            if head.upgrade {
+                let (len, framing) = (head.len, head.framing);
+                tunnel::carry(&self.gateway, conn, len, framing, head.request).await;
+                return;
+            }
+            let draining = *shutdown.borrow();
+            let serve = exchange::serve(&self.gateway, &self.pool, &mut conn, head, draining);
+            if Box::pin(serve).await == Next::Close {
+                let _ = conn.shutdown().await;
+                return;
+            }
+        }
+    }
+
     /// The application around a gateway and its Pingora HTTP proxy.
     pub fn new(gateway: Arc<Gateway>, http: HttpProxy<HttpPath>) -> Self {
         let upstream = &gateway.settings().upstream;
@@ -64,38 +91,14 @@ impl ServerApp for App {
             // connection for them, which comes through the branch below.
             return ServerApp::process_new(&self.http, stream, shutdown).await;
         }
-        let mut conn = Box::new(Conn::new(stream));
-        loop {
-            let head = match head::read_head(&mut conn).await {
-                Ok(head) => head,
-                Err(why) => {
-                    tunnel::refuse_head(&self.gateway, &mut conn, why).await;
-                    return None;
-                }
-            };
-            if head.upgrade {
-                // Boxed: a connection waiting for its next head does not carry the
-                // tunnel's state inline.
-                let (len, framing) = (head.len, head.framing);
-                Box::pin(tunnel::carry(
-                    &self.gateway,
-                    conn,
-                    len,
-                    framing,
-                    head.request,
-                ))
-                .await;
-                return None;
-            }
-            let draining = *shutdown.borrow();
-            match exchange::serve(&self.gateway, &self.pool, &mut conn, head, draining).await {
-                Next::Again => {}
-                Next::Close => {
-                    let _ = conn.shutdown().await;
-                    return None;
-                }
-            }
-        }
+        // The connection leaves Pingora's per-connection task, which keeps its
+        // listener's TLS handshake state inline (about 9 KiB with the `rustls` feature)
+        // for as long as it runs: an idle keep-alive connection and a held WebSocket
+        // keep only their own state (docs/performance.md "What a held WebSocket keeps").
+        let app = self.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { app.serve_http1(stream, shutdown).await });
+        None
     }
 
     async fn cleanup(&self) {
