@@ -120,7 +120,11 @@ async fn open(
     if send_head(&mut upstream, &mut req, &forward).await.is_err() {
         return upstream_failed(gw, conn, outcome, false, &req).await;
     }
-    let answer = match response_head::read(&mut upstream, UPSTREAM_HEAD_TIMEOUT, Vec::new()).await {
+    // The upstream's answer within `upstream.read_timeout`, as for any request: in a
+    // reconnect storm a connect can complete while the server's accept queue is full,
+    // and the server takes its request only seconds later (docs/websockets.md).
+    let read_timeout = gw.settings().upstream.read_timeout;
+    let answer = match response_head::read(&mut upstream, read_timeout, Vec::new()).await {
         Ok(r) => r,
         Err(e) => {
             let timed_out = e == NoAnswer::TimedOut;
