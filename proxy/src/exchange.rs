@@ -7,8 +7,8 @@
 //! body relayed by its framing ([`crate::body`]), the upstream's answer head read
 //! strictly ([`crate::response_head`]) and its body relayed by its own framing, the
 //! upstream connection kept ([`crate::pool`]) only when both sides ended cleanly
-//! ([`crate::forward`]). Each request has one [`Ctx`], counted and logged once, by
-//! [`finish`].
+//! ([`crate::forward`]). Each request has one `Ctx`, counted and logged once, by
+//! `finish`.
 use http::header;
 use pingora::http::RequestHeader;
 use tokio::io::AsyncWriteExt;

@@ -63,7 +63,7 @@ pub enum NoAnswer {
     /// Not an HTTP/1.x answer head.
     #[error("the upstream's answer head is malformed")]
     Malformed,
-    /// A head over [`MAX_HEAD`] bytes or [`MAX_FIELDS`] fields.
+    /// A head over [`MAX_HEAD`] bytes or `MAX_FIELDS` (128) fields.
     #[error("the upstream's answer head is too large")]
     TooLarge,
     /// Framed so that two readers could disagree where it ends.

@@ -114,7 +114,7 @@ pub fn proxy_service(conf: &Arc<ServerConf>, gateway: Arc<Gateway>) -> Service<A
 }
 
 /// The client listener on `addr` before its TLS: connections without Pingora's buffers
-/// ([`DOWNSTREAM_READ_BUFFER`], [`DOWNSTREAM_WRITE_BUFFER`]).
+/// (`DOWNSTREAM_READ_BUFFER`, `DOWNSTREAM_WRITE_BUFFER`: none).
 pub fn plain_listener(addr: &str) -> ListenerConfig {
     ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::new(
         DOWNSTREAM_READ_BUFFER,
