@@ -84,24 +84,39 @@ pub(crate) async fn forward(
         return upstream_failed(gw, conn, req, ctx, None, UpstreamFailure::NoServer).await;
     };
     let expect_continue = take_expect_continue(req) && framing.has_body();
+    let safe = matches!(
+        req.method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    );
     let head = upstream_head(req, &f, framing);
-    let (mut up, received) =
-        match send(gw, pool, conn, addr, head, framing, expect_continue, ctx).await {
-            Ok(sent) => sent,
-            Err(Unsent::ClientLeft) => {
-                // The client left mid-body: nothing to answer.
-                ctx.keep_alive = false;
-                return;
-            }
-            Err(Unsent::Malformed) => {
-                let answer = Answer::bad_request("the chunked body is malformed");
-                ctx.keep_alive = false;
-                return answer_it(gw, conn, req, Framing::None, answer, ctx).await;
-            }
-            Err(Unsent::Upstream(failure)) => {
-                return upstream_failed(gw, conn, req, ctx, Some(addr), failure).await;
-            }
-        };
+    let (mut up, received) = match send(
+        gw,
+        pool,
+        conn,
+        addr,
+        head,
+        framing,
+        expect_continue,
+        safe,
+        ctx,
+    )
+    .await
+    {
+        Ok(sent) => sent,
+        Err(Unsent::ClientLeft) => {
+            // The client left mid-body: nothing to answer.
+            ctx.keep_alive = false;
+            return;
+        }
+        Err(Unsent::Malformed) => {
+            let answer = Answer::bad_request("the chunked body is malformed");
+            ctx.keep_alive = false;
+            return answer_it(gw, conn, req, Framing::None, answer, ctx).await;
+        }
+        Err(Unsent::Upstream(failure)) => {
+            return upstream_failed(gw, conn, req, ctx, Some(addr), failure).await;
+        }
+    };
     let head_only = req.method == http::Method::HEAD;
     let body = if head_only {
         ResponseBody::None
@@ -159,8 +174,9 @@ fn upstream_head(req: &mut RequestHeader, f: &Forward, framing: Framing) -> Vec<
 
 /// Step: send the head and body, read the answer head (interim answers passed on to
 /// an HTTP/1.1 client). A kept-alive connection that the upstream had closed, found
-/// only when writing or by silence, is replaced by a new one once, for a request
-/// without a body (nothing of it was consumed).
+/// when writing (the upstream read none of it), or by silence for a `safe` request
+/// (`GET`, `HEAD`, `OPTIONS`), is replaced by a new one once, for a request without a
+/// body (nothing of it was consumed).
 #[allow(clippy::too_many_arguments)]
 async fn send(
     gw: &Gateway,
@@ -170,6 +186,7 @@ async fn send(
     mut head: Vec<u8>,
     framing: Framing,
     expect_continue: bool,
+    safe: bool,
     ctx: &Ctx,
 ) -> Result<(UpstreamStream, Received), Unsent> {
     let read_timeout = gw.settings().upstream.read_timeout;
@@ -219,7 +236,9 @@ async fn send(
             Err(e) => return Err(Unsent::Upstream(UpstreamFailure::Send(e))),
         };
         match received {
-            Err(NoAnswer::Closed { silent: true }) if reused && !framing.has_body() => {
+            // The upstream may have acted on it: only a safe request is sent again
+            // (RFC 9110 9.2.1-9.2.2), so no POST is ever carried out twice.
+            Err(NoAnswer::Closed { silent: true }) if reused && safe && !framing.has_body() => {
                 tracing::debug!(upstream = %addr, "a kept-alive connection was closed; a new one");
             }
             Err(e) => return Err(Unsent::Upstream(UpstreamFailure::Answer(e))),

@@ -102,12 +102,32 @@ impl Pool {
 }
 
 /// Whether an idle connection has nothing to say: not closed by the upstream, nothing
-/// sent since its last answer (a byte there would be read as the next answer's start).
+/// sent since its last answer (a byte there would be read as the next answer's start,
+/// and every answer after it would go to the request before it). The socket itself is
+/// asked (a non-blocking `MSG_PEEK`): the runtime's readiness flags may not have seen
+/// bytes that arrived while the connection sat in the pool.
 fn quiet(stream: &mut UpstreamStream) -> bool {
-    let mut byte = [0u8; 1];
-    let mut buf = ReadBuf::new(&mut byte);
-    let mut cx = Context::from_waker(Waker::noop());
-    matches!(Pin::new(stream).poll_read(&mut cx, &mut buf), Poll::Pending)
+    let tcp = match stream {
+        UpstreamStream::Plain(tcp) => &*tcp,
+        UpstreamStream::Tls(tls) => {
+            // Plaintext the TLS layer already holds counts too.
+            let mut byte = [0u8; 1];
+            let mut buf = ReadBuf::new(&mut byte);
+            let mut cx = Context::from_waker(Waker::noop());
+            if !matches!(
+                Pin::new(tls.as_mut()).poll_read(&mut cx, &mut buf),
+                Poll::Pending
+            ) {
+                return false;
+            }
+            tls.get_ref().0
+        }
+    };
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    matches!(
+        socket2::SockRef::from(tcp).peek(&mut byte),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    )
 }
 
 #[cfg(test)]
