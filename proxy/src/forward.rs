@@ -91,7 +91,7 @@ pub(crate) async fn forward(
     let head = upstream_head(req, &f, framing);
     let (mut up, received) = match send(
         gw,
-        pool,
+        pool.take(addr, &f.identity),
         conn,
         addr,
         head,
@@ -137,7 +137,7 @@ pub(crate) async fn forward(
         _ => relay_answer(gw, conn, &mut up, &received, body, ctx).await,
     };
     if relayed && received.keep_alive && body != ResponseBody::Close {
-        pool.put(addr, up);
+        pool.put(addr, f.identity, up);
     }
 }
 
@@ -172,15 +172,16 @@ fn upstream_head(req: &mut RequestHeader, f: &Forward, framing: Framing) -> Vec<
     request_bytes(req)
 }
 
-/// Step: send the head and body, read the answer head (interim answers passed on to
-/// an HTTP/1.1 client). A kept-alive connection that the upstream had closed, found
+/// Step: send the head and body on `kept` (a kept-alive connection of the request's
+/// identity, [`crate::pool`]) or a new connection, read the answer head (interim
+/// answers passed on to an HTTP/1.1 client). A kept-alive connection that the upstream had closed, found
 /// when writing (the upstream read none of it), or by silence for a `safe` request
 /// (`GET`, `HEAD`, `OPTIONS`), is replaced by a new one once, for a request without a
 /// body (nothing of it was consumed).
 #[allow(clippy::too_many_arguments)]
 async fn send(
     gw: &Gateway,
-    pool: &Pool,
+    mut kept: Option<UpstreamStream>,
     conn: &mut Conn,
     addr: SocketAddr,
     mut head: Vec<u8>,
@@ -190,7 +191,6 @@ async fn send(
     ctx: &Ctx,
 ) -> Result<(UpstreamStream, Received), Unsent> {
     let read_timeout = gw.settings().upstream.read_timeout;
-    let mut kept = pool.take(addr);
     loop {
         let reused = kept.is_some();
         let mut up = match kept.take() {

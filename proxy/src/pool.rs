@@ -6,6 +6,13 @@
 //! its last answer), so a request is never written onto a connection known to be dead.
 //! Nothing runs in the background: expired connections are dropped when the list is
 //! next touched.
+//!
+//! A connection is used again only for a request carrying the same identity (the
+//! fields the gateway set on the request before: its verified user and claims, or none
+//! on a public path). HTTP/1.1 answers carry nothing that names their request (RFC 9112
+//! 9.3), so an upstream that answers one request twice shifts every later answer on its
+//! connection by one, and its stale answer can arrive after the check above; bound to
+//! one identity, such a shift can never hand one user's answer to another.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,6 +21,7 @@ use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use http::{HeaderName, HeaderValue};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::upstream_tls::UpstreamStream;
@@ -21,11 +29,16 @@ use crate::upstream_tls::UpstreamStream;
 /// Idle connections kept per server at the most (beyond it, a returned one is closed).
 pub const MAX_IDLE_PER_SERVER: usize = 512;
 
-/// An idle connection and when it was last used.
+/// The fields the gateway set on a request for its verified identity (empty on a
+/// public path): a kept-alive connection serves only requests with the same.
+pub type Identity = Vec<(HeaderName, HeaderValue)>;
+
+/// An idle connection, when it was last used, and whose requests it carries.
 #[derive(Debug)]
 struct Idle {
     stream: UpstreamStream,
     since: Instant,
+    owner: Identity,
 }
 
 /// The idle connections of every server.
@@ -49,21 +62,34 @@ impl Pool {
         }
     }
 
-    /// A kept-alive connection to `addr` that is still usable, if any.
-    pub fn take(&self, addr: SocketAddr) -> Option<UpstreamStream> {
+    /// A kept-alive connection to `addr` that is still usable and last carried a
+    /// request of `owner`'s, if any.
+    pub fn take(
+        &self,
+        addr: SocketAddr,
+        owner: &[(HeaderName, HeaderValue)],
+    ) -> Option<UpstreamStream> {
         let list = self.servers.get(&addr)?;
         loop {
-            let idle = list.lock().ok()?.pop()?;
+            let idle = {
+                let mut list = list.lock().ok()?;
+                // The most recent first: with one identity, the last one.
+                let at = list.iter().rposition(|i| i.owner == owner)?;
+                list.remove(at)
+            };
             // Checked and, when stale, dropped outside the lock.
-            let Idle { mut stream, since } = idle;
+            let Idle {
+                mut stream, since, ..
+            } = idle;
             if since.elapsed() < self.idle_for && quiet(&mut stream) {
                 return Some(stream);
             }
         }
     }
 
-    /// Keeps a connection whose exchange ended cleanly, for the next request to `addr`.
-    pub fn put(&self, addr: SocketAddr, stream: UpstreamStream) {
+    /// Keeps a connection whose exchange (a request of `owner`'s) ended cleanly, for
+    /// the next request of `owner`'s to `addr`.
+    pub fn put(&self, addr: SocketAddr, owner: Identity, stream: UpstreamStream) {
         if self.idle_for.is_zero() {
             return;
         }
@@ -86,6 +112,7 @@ impl Pool {
             list.push(Idle {
                 stream,
                 since: Instant::now(),
+                owner,
             });
             expired
         };
@@ -158,35 +185,63 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let pool = Pool::new(&[addr], Duration::from_secs(60));
-        assert!(pool.take(addr).is_none());
+        assert!(pool.take(addr, &[]).is_none());
 
         let (quiet_one, _server) = pair(&listener).await;
-        pool.put(addr, UpstreamStream::Plain(quiet_one));
+        pool.put(addr, Vec::new(), UpstreamStream::Plain(quiet_one));
         assert!(
-            pool.take(addr).is_some(),
+            pool.take(addr, &[]).is_some(),
             "an open, quiet connection is reused"
         );
 
         let (closed, server) = pair(&listener).await;
         drop(server);
-        pool.put(addr, once_readable(closed).await);
-        assert!(pool.take(addr).is_none(), "a closed connection is dropped");
+        pool.put(addr, Vec::new(), once_readable(closed).await);
+        assert!(
+            pool.take(addr, &[]).is_none(),
+            "a closed connection is dropped"
+        );
 
         let (talking, mut server) = pair(&listener).await;
         server
             .write_all(b"HTTP/1.1 200 OK\r\n")
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        pool.put(addr, once_readable(talking).await);
+        pool.put(addr, Vec::new(), once_readable(talking).await);
         assert!(
-            pool.take(addr).is_none(),
+            pool.take(addr, &[]).is_none(),
             "a connection with bytes waiting is dropped"
         );
         assert_eq!(pool.idle(), 0);
 
         let expiring = Pool::new(&[addr], Duration::ZERO);
         let (c, _s) = pair(&listener).await;
-        expiring.put(addr, UpstreamStream::Plain(c));
+        expiring.put(addr, Vec::new(), UpstreamStream::Plain(c));
         assert_eq!(expiring.idle(), 0, "pool_idle = 0s keeps nothing");
+    }
+
+    fn user(name: &'static str) -> Identity {
+        vec![(
+            HeaderName::from_static("x-auth-user"),
+            HeaderValue::from_static(name),
+        )]
+    }
+
+    #[tokio::test]
+    async fn a_connection_serves_only_the_identity_it_served() {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let pool = Pool::new(&[addr], Duration::from_secs(60));
+        let (alices, _s1) = pair(&listener).await;
+        let (publics, _s2) = pair(&listener).await;
+        pool.put(addr, user("alice"), UpstreamStream::Plain(alices));
+        pool.put(addr, Vec::new(), UpstreamStream::Plain(publics));
+        assert!(pool.take(addr, &user("bob")).is_none(), "not bob's");
+        assert!(pool.take(addr, &user("alice")).is_some(), "alice's");
+        assert!(pool.take(addr, &user("alice")).is_none(), "taken once");
+        assert!(pool.take(addr, &[]).is_some(), "the public one");
+        assert_eq!(pool.idle(), 0);
     }
 }

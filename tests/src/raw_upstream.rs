@@ -60,6 +60,9 @@ pub struct Reply {
     pub bytes: Vec<u8>,
     /// The connection is closed after `bytes` (else the next request is read).
     pub close: bool,
+    /// Written after `bytes` and a pause, before the next request is read: an upstream
+    /// that answers one request twice.
+    pub then: Option<(Duration, Vec<u8>)>,
 }
 
 impl Reply {
@@ -83,6 +86,12 @@ impl Reply {
     /// The same reply after `delay`.
     pub fn after(mut self, delay: Duration) -> Reply {
         self.delay = delay;
+        self
+    }
+
+    /// The same reply, then `more` after `pause` (a second answer to one request).
+    pub fn then(mut self, pause: Duration, more: impl Into<Vec<u8>>) -> Reply {
+        self.then = Some((pause, more.into()));
         self
     }
 }
@@ -344,6 +353,12 @@ impl Conn<'_> {
             }
             if self.stream.write_all(&reply.bytes).await.is_err() || reply.close {
                 return;
+            }
+            if let Some((pause, more)) = &reply.then {
+                tokio::time::sleep(*pause).await;
+                if self.stream.write_all(more).await.is_err() {
+                    return;
+                }
             }
         }
     }
