@@ -43,6 +43,7 @@ impl App {
     /// (boxed, so that a connection waiting for its next head holds no request state).
     async fn serve_http1(&self, stream: Stream, shutdown: ShutdownWatch) {
         let mut conn = Box::new(Conn::new(stream));
+        let mut kept = self.pool.for_client();
         loop {
             let head = match head::read_head(&mut conn).await {
                 Ok(head) => head,
@@ -53,11 +54,12 @@ impl App {
             };
             if head.upgrade {
                 let (len, framing) = (head.len, head.framing);
+                drop(kept);
                 tunnel::carry(&self.gateway, conn, len, framing, head.request).await;
                 return;
             }
             let draining = *shutdown.borrow();
-            let serve = exchange::serve(&self.gateway, &self.pool, &mut conn, head, draining);
+            let serve = exchange::serve(&self.gateway, &mut kept, &mut conn, head, draining);
             if Box::pin(serve).await == Next::Close {
                 let _ = conn.shutdown().await;
                 return;

@@ -21,7 +21,7 @@ use crate::forward::forward;
 use crate::framing::Framing;
 use crate::gateway::Gateway;
 use crate::head::Head;
-use crate::pool::Pool;
+use crate::pool::Kept;
 use crate::socketio::{self, REFUSED_POST_BYTES};
 
 /// What the client connection does after a request.
@@ -49,7 +49,13 @@ pub(crate) struct Ctx {
 }
 /// Carries one request whose head is at the start of `conn`'s read-ahead bytes.
 /// `draining`: the gateway is shutting down, so the connection closes after it.
-pub async fn serve(gw: &Gateway, pool: &Pool, conn: &mut Conn, head: Head, draining: bool) -> Next {
+pub async fn serve(
+    gw: &Gateway,
+    kept: &mut Kept<'_>,
+    conn: &mut Conn,
+    head: Head,
+    draining: bool,
+) -> Next {
     let _in_flight = gw.enter();
     let Head {
         len,
@@ -71,7 +77,7 @@ pub async fn serve(gw: &Gateway, pool: &Pool, conn: &mut Conn, head: Head, drain
     let client = conn.peer_addr().map(|a| a.ip());
     match gw.authenticate(&mut req, client) {
         Ok(Decision::Answer(answer)) => answer_it(gw, conn, &req, framing, answer, &mut ctx).await,
-        Ok(Decision::Forward(f)) => forward(gw, pool, conn, &mut req, framing, f, &mut ctx).await,
+        Ok(Decision::Forward(f)) => forward(gw, kept, conn, &mut req, framing, f, &mut ctx).await,
         Err(e) => {
             tracing::error!("deciding a request failed: {e}");
             let answer = Answer::json(500, "internal_error", "internal error", Outcome::Undecided);

@@ -21,7 +21,7 @@ use crate::exchange::{Ctx, answer_it, connection_field, source_of};
 use crate::framing::Framing;
 use crate::gateway::Gateway;
 use crate::head::{request_bytes, strip_hop_by_hop};
-use crate::pool::Pool;
+use crate::pool::Kept;
 use crate::response_head::{self, Framed, NoAnswer, Received, ResponseBody};
 use crate::upstream_tls::UpstreamStream;
 
@@ -72,7 +72,7 @@ impl UpstreamFailure {
 /// Step: forward to the upstream, relay its answer.
 pub(crate) async fn forward(
     gw: &Gateway,
-    pool: &Pool,
+    kept: &mut Kept<'_>,
     conn: &mut Conn,
     req: &mut RequestHeader,
     framing: Framing,
@@ -91,7 +91,7 @@ pub(crate) async fn forward(
     let head = upstream_head(req, &f, framing);
     let (mut up, received) = match send(
         gw,
-        pool.take(addr, &f.identity),
+        kept.take(addr, &f.identity),
         conn,
         addr,
         head,
@@ -137,7 +137,7 @@ pub(crate) async fn forward(
         _ => relay_answer(gw, conn, &mut up, &received, body, ctx).await,
     };
     if relayed && received.keep_alive && body != ResponseBody::Close {
-        pool.put(addr, f.identity, up);
+        kept.put(addr, f.identity, up);
     }
 }
 

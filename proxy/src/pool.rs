@@ -12,7 +12,10 @@
 //! on a public path). HTTP/1.1 answers carry nothing that names their request (RFC 9112
 //! 9.3), so an upstream that answers one request twice shifts every later answer on its
 //! connection by one, and its stale answer can arrive after the check above; bound to
-//! one identity, such a shift can never hand one user's answer to another.
+//! one identity, such a shift can never hand one user's answer to another. A public
+//! request has no identity the gateway knows (it may carry the app's own session
+//! cookie): its connection is kept by its client connection alone ([`Kept`]) and
+//! closed with it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -119,12 +122,66 @@ impl Pool {
         drop(expired);
     }
 
+    /// The kept-alive connections one client connection may use ([`Kept`]).
+    pub fn for_client(&self) -> Kept<'_> {
+        Kept {
+            pool: self,
+            public: None,
+        }
+    }
+
     /// Idle connections held, for every server.
     pub fn idle(&self) -> usize {
         self.servers
             .values()
             .filter_map(|l| l.lock().ok().map(|l| l.len()))
             .sum()
+    }
+}
+
+/// The kept-alive upstream connections one client connection may use: the shared
+/// pool for requests with a verified identity, and one connection of its own for its
+/// public requests, closed when the client connection ends.
+#[derive(Debug)]
+pub struct Kept<'p> {
+    pool: &'p Pool,
+    /// The connection of this client's last public request, and its server.
+    public: Option<(SocketAddr, Idle)>,
+}
+
+impl Kept<'_> {
+    /// A usable kept-alive connection to `addr` for a request of `identity` (empty on a
+    /// public path), if any.
+    pub fn take(
+        &mut self,
+        addr: SocketAddr,
+        identity: &[(HeaderName, HeaderValue)],
+    ) -> Option<UpstreamStream> {
+        if !identity.is_empty() {
+            return self.pool.take(addr, identity);
+        }
+        let (
+            at,
+            Idle {
+                mut stream, since, ..
+            },
+        ) = self.public.take()?;
+        (at == addr && since.elapsed() < self.pool.idle_for && quiet(&mut stream)).then_some(stream)
+    }
+
+    /// Keeps a connection whose exchange (a request of `identity`) ended cleanly.
+    pub fn put(&mut self, addr: SocketAddr, identity: Identity, stream: UpstreamStream) {
+        if !identity.is_empty() {
+            return self.pool.put(addr, identity, stream);
+        }
+        if !self.pool.idle_for.is_zero() {
+            let idle = Idle {
+                stream,
+                since: Instant::now(),
+                owner: identity,
+            };
+            self.public = Some((addr, idle));
+        }
     }
 }
 
@@ -172,6 +229,16 @@ mod tests {
         (client, server)
     }
 
+    /// A listening server and a pool for it (`pool_idle` 60 s).
+    async fn server() -> (TcpListener, SocketAddr, Pool) {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let pool = Pool::new(&[addr], Duration::from_secs(60));
+        (listener, addr, pool)
+    }
+
     /// The client side once something (a close, bytes) has reached its socket.
     async fn once_readable(client: TcpStream) -> UpstreamStream {
         client.readable().await.unwrap_or_else(|e| panic!("{e}"));
@@ -180,11 +247,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_quiet_connections_come_back() {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-        let pool = Pool::new(&[addr], Duration::from_secs(60));
+        let (listener, addr, pool) = server().await;
         assert!(pool.take(addr, &[]).is_none());
 
         let (quiet_one, _server) = pair(&listener).await;
@@ -229,11 +292,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_serves_only_the_identity_it_served() {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-        let pool = Pool::new(&[addr], Duration::from_secs(60));
+        let (listener, addr, pool) = server().await;
         let (alices, _s1) = pair(&listener).await;
         let (publics, _s2) = pair(&listener).await;
         pool.put(addr, user("alice"), UpstreamStream::Plain(alices));
@@ -243,5 +302,24 @@ mod tests {
         assert!(pool.take(addr, &user("alice")).is_none(), "taken once");
         assert!(pool.take(addr, &[]).is_some(), "the public one");
         assert_eq!(pool.idle(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_public_requests_connection_serves_only_its_client_connection() {
+        let (listener, addr, pool) = server().await;
+        let mut one = pool.for_client();
+        let mut other = pool.for_client();
+        let (public, _s1) = pair(&listener).await;
+        let (alices, _s2) = pair(&listener).await;
+        one.put(addr, Vec::new(), UpstreamStream::Plain(public));
+        one.put(addr, user("alice"), UpstreamStream::Plain(alices));
+        assert_eq!(pool.idle(), 1, "only alice's is shared");
+        assert!(other.take(addr, &[]).is_none(), "not another client's");
+        assert!(
+            other.take(addr, &user("alice")).is_some(),
+            "alice's, anywhere"
+        );
+        assert!(one.take(addr, &[]).is_some(), "its own");
+        assert!(one.take(addr, &[]).is_none(), "taken once");
     }
 }

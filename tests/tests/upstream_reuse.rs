@@ -2,9 +2,10 @@
 //! connections"): an upstream that answers one request twice shifts every later answer
 //! on its connection by one, and no HTTP/1 proxy can tell a stale answer from the next
 //! one (HTTP/1.1 answers carry nothing that names their request, RFC 9112 9.3). What
-//! the gateway guarantees is that such an upstream can never show one user an answer
+//! the gateway guarantees is that such an upstream can never show one client an answer
 //! meant for another: a kept-alive connection is used again only for requests carrying
-//! the same identity.
+//! the same verified identity, or, on a public path (where the app's own session
+//! cookie may be all that tells clients apart), only by the same client connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,17 +25,14 @@ const REQUESTS: usize = 150;
 const CLIENTS: usize = 2;
 
 /// An answer whose body names the identity the upstream saw (its `x-auth-user`, `-`
-/// for none) and the request.
+/// for none), the client's own cookie (`-` for none) and the request.
 fn answer(seen: &RawSeen, stale: bool) -> Vec<u8> {
-    let user = seen
-        .all("x-auth-user")
-        .first()
-        .copied()
-        .unwrap_or("-")
-        .to_string();
+    let first = |name: &str| seen.all(name).first().copied().unwrap_or("-").to_string();
     let body = format!(
-        "{}user={user} target={}",
+        "{}user={} cookie={} target={}",
         if stale { "stale " } else { "" },
+        first("x-auth-user"),
+        first("cookie"),
         seen.target
     );
     format!(
@@ -49,8 +47,16 @@ fn twice(seen: &RawSeen) -> Reply {
     Reply::keep(answer(seen, false)).then(Duration::from_millis(2), answer(seen, true))
 }
 
-/// One client of one identity (`None`: a public path): `REQUESTS` requests on one
-/// connection; the answers that named another identity, and the `200`s.
+/// The word of `body` that starts with `key=`, without it.
+fn named<'b>(body: &'b str, key: &str) -> &'b str {
+    body.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or("")
+}
+
+/// One client of one identity (`None`: a public path, with an app session cookie of its
+/// own): `REQUESTS` requests on one connection; the answers meant for another client,
+/// and the `200`s.
 async fn client(gw: SocketAddr, user: Option<&'static str>, n: usize) -> (Vec<String>, usize) {
     let mut s = TcpStream::connect(gw)
         .await
@@ -59,12 +65,13 @@ async fn client(gw: SocketAddr, user: Option<&'static str>, n: usize) -> (Vec<St
     let mut wrong = Vec::new();
     let mut ok = 0;
     let token = user.map(valid);
+    let cookie = format!("app=client-{}-{n}", user.unwrap_or("public"));
     for i in 0..REQUESTS {
         let target = match &token {
             Some(t) => format!("/socket.io/x?c={n}&i={i}&token={t}"),
             None => format!("/login?c={n}&i={i}"),
         };
-        let request = format!("GET {target} HTTP/1.1\r\nHost: gw\r\n\r\n");
+        let request = format!("GET {target} HTTP/1.1\r\nHost: gw\r\nCookie: {cookie}\r\n\r\n");
         if s.write_all(request.as_bytes()).await.is_err() {
             s = reconnect(gw).await;
             buf.clear();
@@ -80,15 +87,14 @@ async fn client(gw: SocketAddr, user: Option<&'static str>, n: usize) -> (Vec<St
         }
         ok += 1;
         let body = r.text();
-        let named = body
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("user="))
-            .unwrap_or("");
-        if named != user.unwrap_or("-") {
-            wrong.push(format!(
-                "{} got {body:?}",
-                user.unwrap_or("a public request")
-            ));
+        // A user's answers may come over any of that user's kept connections; a
+        // public one only over its own client connection's.
+        let theirs = match user {
+            Some(u) => named(&body, "user") == u,
+            None => named(&body, "user") == "-" && named(&body, "cookie") == cookie,
+        };
+        if !theirs {
+            wrong.push(format!("{cookie} got {body:?}"));
         }
     }
     (wrong, ok)
@@ -101,7 +107,7 @@ async fn reconnect(gw: SocketAddr) -> TcpStream {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_upstream_that_answers_twice_never_shows_one_user_another_users_answer() {
+async fn an_upstream_that_answers_twice_never_shows_one_client_another_clients_answer() {
     let up = RawUpstream::scripted(twice).await;
     let mut cfg = GatewayConfig::hs256(up.addr);
     cfg.auth.push_str("reject_with = \"http\"\n");
