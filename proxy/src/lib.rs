@@ -10,6 +10,8 @@
 //! - [`certs`]: the gateway's own certificate (`[proxy.tls]`): checked, served, and
 //!   swapped when its files change.
 //! - [`conn`]: a client connection with the bytes read ahead replayed.
+//! - [`connection_options`]: the tokens of a message's `Connection` header, read one way
+//!   everywhere.
 //! - [`config`]: the TOML file, defaults, and validation that reports every problem.
 //! - [`exchange`]: one HTTP/1 request carried by the gateway: decided, answered or
 //!   forwarded, its answer relayed, counted and logged once.
@@ -64,6 +66,7 @@ pub mod body;
 pub mod certs;
 pub mod config;
 pub mod conn;
+pub mod connection_options;
 pub mod decision;
 pub mod dial;
 pub mod engineio;
