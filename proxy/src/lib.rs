@@ -56,6 +56,8 @@
 //! - [`assertion`]: the optional signed identity assertion and its JWK Set.
 //! - [`metrics`]: the Prometheus series, resolved once, counted in `logging`.
 //! - [`health`]: what `metrics_listen` serves: `/metrics`, `/healthz`, `/readyz`.
+//! - [`mod@serve`]: the HTTP/1 path served in-process on a caller's listener until a
+//!   shutdown future completes ([`serve()`]), for tests.
 //! - [`server`]: the Pingora server, built in code, with its background services.
 //! - [`logging`]: `RUST_LOG` tracing with token redaction at the sink.
 //! - [`memory`]: returning freed memory to the system after bursts.
@@ -91,6 +93,7 @@ pub mod relay;
 pub mod request;
 pub mod response_head;
 pub mod sealed_sid;
+pub mod serve;
 pub mod server;
 pub mod socketio;
 pub mod token;
@@ -99,3 +102,5 @@ pub mod upstream_tls;
 pub mod upstreams;
 pub mod verifier;
 pub mod verify;
+
+pub use serve::serve;
