@@ -41,7 +41,7 @@ impl App {
     /// An HTTP/1 connection, request after request: each head read by the gateway, an
     /// upgrade handed to the tunnel, every other request carried by [`exchange::serve`]
     /// (boxed, so that a connection waiting for its next head holds no request state).
-    async fn serve_http1(&self, stream: Stream, shutdown: ShutdownWatch) {
+    pub(crate) async fn serve_http1(&self, stream: Stream, shutdown: ShutdownWatch) {
         let mut conn = Box::new(Conn::new(stream));
         let mut kept = self.pool.for_client();
         loop {

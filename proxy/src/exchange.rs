@@ -15,6 +15,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::body::{self, Source};
 use crate::conn::Conn;
+use crate::connection_options;
 use crate::decision::{Answer, Decision, Outcome};
 use crate::engineio::EngineRequest;
 use crate::forward::forward;
@@ -74,6 +75,10 @@ pub async fn serve(
         keep_alive: client_keeps_alive(&req) && !draining,
         http10,
     };
+    // Not an upgrade (docs/websockets.md): an `Upgrade` field
+    // without the `upgrade` connection option, or an HTTP/1.0 one, means nothing (RFC
+    // 9110 7.8), so the request is decided and forwarded as if it had none.
+    req.remove_header(&header::UPGRADE);
     let client = conn.peer_addr().map(|a| a.ip());
     match gw.authenticate(&mut req, client) {
         Ok(Decision::Answer(answer)) => answer_it(gw, conn, &req, framing, answer, &mut ctx).await,
@@ -96,13 +101,8 @@ pub async fn serve(
 /// Whether the client asked to keep its connection: HTTP/1.1 unless `Connection:
 /// close`, HTTP/1.0 only with `Connection: keep-alive` (RFC 9112 9.3).
 fn client_keeps_alive(req: &RequestHeader) -> bool {
-    let has = |token: &[u8]| {
-        req.headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-    };
+    let has =
+        |token: &[u8]| connection_options::has(connection_options::of_map(&req.headers), token);
     match req.version {
         http::Version::HTTP_11 => !has(b"close"),
         http::Version::HTTP_10 => has(b"keep-alive"),
@@ -138,8 +138,9 @@ pub(crate) async fn answer_it(
         let posted = matches!(kind, EngineRequest::Session { post: true, .. });
         let source = source_of(framing);
         let reader = &mut *conn;
+        let timeout = Some(gw.settings().proxy.body_read_timeout);
         let post_body = || async move {
-            let read = body::read_all(reader, &[], source, REFUSED_POST_BYTES, None).await;
+            let read = body::read_all(reader, &[], source, REFUSED_POST_BYTES, timeout).await;
             read.map(|(bytes, _)| bytes)
         };
         let (polling, unread) =

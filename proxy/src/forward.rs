@@ -55,6 +55,8 @@ enum Unsent {
     ClientLeft,
     /// The client's chunked body is malformed: `400`.
     Malformed,
+    /// The client's body made no progress within `proxy.body_read_timeout`: `408`.
+    ClientTooSlow,
     /// The upstream failed: `502`/`504`.
     Upstream(UpstreamFailure),
 }
@@ -110,6 +112,14 @@ pub(crate) async fn forward(
         }
         Err(Unsent::Malformed) => {
             let answer = Answer::bad_request("the chunked body is malformed");
+            ctx.keep_alive = false;
+            return answer_it(gw, conn, req, Framing::None, answer, ctx).await;
+        }
+        Err(Unsent::ClientTooSlow) => {
+            // Nothing of an answer was read or sent (the answer is read after the whole
+            // body), and the upstream connection that got part of it is dropped.
+            let message = "the request body stalled";
+            let answer = Answer::json(408, "request_timeout", message, ctx.outcome);
             ctx.keep_alive = false;
             return answer_it(gw, conn, req, Framing::None, answer, ctx).await;
         }
@@ -191,6 +201,7 @@ async fn send(
     ctx: &Ctx,
 ) -> Result<(UpstreamStream, Received), Unsent> {
     let read_timeout = gw.settings().upstream.read_timeout;
+    let body_timeout = Some(gw.settings().proxy.body_read_timeout);
     loop {
         let reused = kept.is_some();
         let mut up = match kept.take() {
@@ -216,10 +227,11 @@ async fn send(
             };
             // Never tried again (the body is consumed): the head is needed once.
             let head = std::mem::take(&mut head);
-            match body::relay(conn, &[], &mut up, head, source, encode, None).await {
+            match body::relay(conn, &[], &mut up, head, source, encode, body_timeout).await {
                 Ok(_) => Ok(()),
                 Err(RelayError::Write(e)) => Err(e),
                 Err(RelayError::Malformed) => return Err(Unsent::Malformed),
+                Err(RelayError::TimedOut) => return Err(Unsent::ClientTooSlow),
                 Err(_) => return Err(Unsent::ClientLeft),
             }
         } else {

@@ -145,6 +145,11 @@ impl Gateway {
         self.in_flight.enter()
     }
 
+    /// Requests (and WebSockets) in flight, for a drain.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.count()
+    }
+
     /// Decides a request, for both ways requests arrive: strips client-sent identity
     /// headers (every spelling), refuses framing and `Connection` tricks, normalizes
     /// the path, and for protected paths reads the Engine.IO parameters (once, in one

@@ -9,6 +9,7 @@ use http::header;
 use pingora::http::RequestHeader;
 
 use crate::conn::Conn;
+use crate::connection_options;
 use crate::framing::{Framing, request_framing};
 
 /// Largest request or response head read (`431` past it for a request).
@@ -22,9 +23,6 @@ pub const IDLE: Duration = Duration::from_secs(60);
 /// trickled (a deadline for the whole head, not for each read).
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long the upstream may take to answer an upgrade.
-pub const UPSTREAM_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// A request head read from the client, parsed once by the reader that found its end.
 #[derive(Debug)]
 pub struct Head {
@@ -34,8 +32,8 @@ pub struct Head {
     pub framing: Framing,
     /// The request line and fields, parsed.
     pub request: RequestHeader,
-    /// A WebSocket upgrade (an `Upgrade` header naming `websocket`): carried by the
-    /// gateway's tunnel.
+    /// A WebSocket upgrade (an HTTP/1.1 `Upgrade` header naming `websocket`, with the
+    /// `upgrade` connection option): carried by the gateway's tunnel.
     pub upgrade: bool,
 }
 
@@ -165,13 +163,18 @@ pub fn parse_head(bytes: &[u8]) -> Result<Head, NoHead> {
             "an HTTP/1.1 request needs exactly one Host field",
         ));
     }
-    let upgrade = req
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
-        .flat_map(|h| h.value.split(|b| *b == b','))
-        .any(|token| {
-            let name = token.trim_ascii();
+    // RFC 9110 7.8: `Upgrade` is hop-by-hop, and means something only with the
+    // `upgrade` connection option beside it; an HTTP/1.0 request's is ignored. Any other
+    // request is a plain one (docs/request-handling.md, docs/websockets.md).
+    let upgrade = req.version == Some(1)
+        && connection_options::has(connection_options::of_fields(req.headers), b"upgrade")
+        && connection_options::list(
+            req.headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
+                .map(|h| h.value),
+        )
+        .any(|name| {
             let name = name.split(|b| *b == b'/').next().unwrap_or(name);
             name.eq_ignore_ascii_case(b"websocket")
         });
@@ -205,13 +208,7 @@ fn request_header(req: &httparse::Request<'_, '_>) -> Option<RequestHeader> {
 /// `Upgrade` with `Connection: Upgrade`; any other request carries neither (HTTP/1.1
 /// keeps the upstream connection alive by default).
 pub fn strip_hop_by_hop(req: &mut RequestHeader, upgrade: bool) {
-    let named: Vec<http::HeaderName> = req
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
+    let named: Vec<http::HeaderName> = connection_options::of_map(&req.headers)
         // An upgrade keeps the `Connection: upgrade` it needs.
         .filter(|t| !(upgrade && t.eq_ignore_ascii_case(b"upgrade")))
         .filter_map(|t| http::HeaderName::from_bytes(t).ok())
@@ -280,13 +277,24 @@ mod tests {
     #[test]
     fn heads_are_classified_by_their_parse() {
         assert!(upgrade(
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        ));
+        assert!(upgrade(
+            b"GET / HTTP/1.1\r\nHost: a\r\nUPGRADE:WebSocket\r\nconnection: keep-alive, UPGRADE\r\n\r\n"
+        ));
+        assert!(upgrade(
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: x\r\nUpgrade: h2c, websocket/13\r\nConnection: upgrade\r\n\r\n"
+        ));
+        // RFC 9110 7.8: without the `upgrade` connection option, or in HTTP/1.0, a plain
+        // request.
+        assert!(!upgrade(
             b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n"
         ));
-        assert!(upgrade(
-            b"GET / HTTP/1.1\r\nHost: a\r\nUPGRADE:WebSocket\r\n\r\n"
+        assert!(!upgrade(
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: keep-alive\r\n\r\n"
         ));
-        assert!(upgrade(
-            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c, websocket/13\r\n\r\n"
+        assert!(!upgrade(
+            b"GET / HTTP/1.0\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
         ));
         assert!(!upgrade(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
         let h2c = b"GET / HTTP/1.1\r\nUpgrade: h2c\r\nUpgrade-Insecure-Requests: 1\r\nX: websocket\r\n\r\n";

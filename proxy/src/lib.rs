@@ -10,6 +10,8 @@
 //! - [`certs`]: the gateway's own certificate (`[proxy.tls]`): checked, served, and
 //!   swapped when its files change.
 //! - [`conn`]: a client connection with the bytes read ahead replayed.
+//! - [`connection_options`]: the tokens of a message's `Connection` header, read one way
+//!   everywhere.
 //! - [`config`]: the TOML file, defaults, and validation that reports every problem.
 //! - [`exchange`]: one HTTP/1 request carried by the gateway: decided, answered or
 //!   forwarded, its answer relayed, counted and logged once.
@@ -54,6 +56,8 @@
 //! - [`assertion`]: the optional signed identity assertion and its JWK Set.
 //! - [`metrics`]: the Prometheus series, resolved once, counted in `logging`.
 //! - [`health`]: what `metrics_listen` serves: `/metrics`, `/healthz`, `/readyz`.
+//! - [`mod@serve`]: the HTTP/1 path served in-process on a caller's listener until a
+//!   shutdown future completes ([`serve()`]), for tests.
 //! - [`server`]: the Pingora server, built in code, with its background services.
 //! - [`logging`]: `RUST_LOG` tracing with token redaction at the sink.
 //! - [`memory`]: returning freed memory to the system after bursts.
@@ -64,6 +68,7 @@ pub mod body;
 pub mod certs;
 pub mod config;
 pub mod conn;
+pub mod connection_options;
 pub mod decision;
 pub mod dial;
 pub mod engineio;
@@ -88,6 +93,7 @@ pub mod relay;
 pub mod request;
 pub mod response_head;
 pub mod sealed_sid;
+pub mod serve;
 pub mod server;
 pub mod socketio;
 pub mod token;
@@ -96,3 +102,5 @@ pub mod upstream_tls;
 pub mod upstreams;
 pub mod verifier;
 pub mod verify;
+
+pub use serve::serve;

@@ -10,6 +10,7 @@ use http::{HeaderName, header};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 
+use crate::connection_options;
 use crate::token::{self, TokenSource};
 
 /// The path and the query (without `?`) of a request target.
@@ -103,13 +104,7 @@ impl IdentityNames {
     /// one that frames or routes the message: proxies strip what `Connection` names
     /// (RFC 9110 7.6.1), so honouring it would let a client delete them.
     pub fn connection_problem(&self, req: &RequestHeader) -> Option<&'static str> {
-        let named = req
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(<[u8]>::trim_ascii);
-        for token in named {
+        for token in connection_options::of_map(&req.headers) {
             let framing = [&b"host"[..], b"content-length", b"transfer-encoding"]
                 .iter()
                 .any(|h| token.eq_ignore_ascii_case(h));

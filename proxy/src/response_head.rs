@@ -12,6 +12,7 @@ use std::time::Duration;
 use pingora::prelude::fast_timeout::fast_timeout;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::connection_options;
 use crate::framing::{Framing, FramingError, framing_of};
 use crate::head::{MAX_HEAD, head_end};
 
@@ -141,7 +142,7 @@ fn parse(bytes: Vec<u8>, head_len: usize) -> Result<Received, NoAnswer> {
             Framing::Chunked => ResponseBody::Chunked,
         }
     };
-    let close = connection_tokens(resp.headers).any(|t| t.eq_ignore_ascii_case(b"close"));
+    let close = connection_options::has(connection_options::of_fields(resp.headers), b"close");
     let keep_alive = resp.version == Some(1) && !close;
     Ok(Received {
         bytes,
@@ -150,16 +151,6 @@ fn parse(bytes: Vec<u8>, head_len: usize) -> Result<Received, NoAnswer> {
         body,
         keep_alive,
     })
-}
-
-/// The tokens of every `Connection` field.
-fn connection_tokens<'h>(fields: &'h [httparse::Header<'h>]) -> impl Iterator<Item = &'h [u8]> {
-    fields
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .flat_map(|h| h.value.split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
 }
 
 /// Fields that describe one connection, never passed on (RFC 9110 7.6.1), and the
@@ -199,7 +190,7 @@ impl Received {
         out.push(b' ');
         out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
         out.extend_from_slice(b"\r\n");
-        let named: Vec<&[u8]> = connection_tokens(resp.headers).collect();
+        let named: Vec<&[u8]> = connection_options::of_fields(resp.headers).collect();
         for h in resp.headers.iter() {
             let keep_length = framed == Framed::Bodiless
                 && h.name.eq_ignore_ascii_case("content-length")

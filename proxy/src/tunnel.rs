@@ -17,15 +17,16 @@ use http::header;
 use pingora::http::RequestHeader;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::body::{self, Encode, Source};
 use crate::conn::Conn;
 use crate::decision::{Answer, Decision, Forward, Outcome};
 use crate::engineio::{EngineRequest, Fed, Handshake, rewrite_open_packet};
-use crate::framing::{ChunkedEnd, Framing};
+use crate::framing::Framing;
 use crate::gateway::Gateway;
-use crate::head::{NoHead, UPSTREAM_HEAD_TIMEOUT, request_bytes, strip_hop_by_hop};
+use crate::head::{NoHead, request_bytes, strip_hop_by_hop};
 use crate::open_frame::{self, First};
 use crate::relay::{End, Frames, Relay};
-use crate::response_head::{self, NoAnswer, Received, ResponseBody};
+use crate::response_head::{self, Framed, NoAnswer, Received, ResponseBody};
 use crate::socketio::{self, WsRefusal};
 use crate::upstream_tls::UpstreamStream;
 use crate::verify::AuthError;
@@ -134,7 +135,7 @@ async fn open(
     let status = answer.status;
     gw.count(outcome, false);
     if status != 101 {
-        not_switching(conn, &mut upstream, answer, &req).await;
+        not_switching(gw, conn, &mut upstream, answer, &req).await;
         tracing::debug!(client, request, status, "upgrade not accepted upstream");
         return None;
     }
@@ -228,10 +229,13 @@ async fn send_head(
     upstream.flush().await
 }
 
-/// The upstream did not switch protocols: its answer is relayed by its own framing
-/// (none for `HEAD`, 1xx, 204 and 304), and the connection closed. Nothing the client
-/// sent behind its head ever went upstream.
+/// The upstream did not switch protocols: its answer is relayed by the same relay as
+/// any answer ([`body::relay`], each read within `upstream.read_timeout`), by its own
+/// framing (none for `HEAD`, 1xx, 204 and 304), under a head the gateway wrote
+/// ([`Received::render`]), and the connection closed. Nothing the client sent behind
+/// its head ever went upstream.
 async fn not_switching(
+    gw: &Gateway,
     conn: &mut Conn,
     upstream: &mut UpstreamStream,
     answer: Received,
@@ -242,54 +246,30 @@ async fn not_switching(
     } else {
         answer.body
     };
-    let head = &answer.bytes[..answer.head_len];
-    let after = &answer.bytes[answer.head_len..];
-    let relay = async {
-        conn.write_all(head).await?;
-        match body {
-            ResponseBody::None => {}
-            ResponseBody::Length(n) => {
-                let now = after.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-                conn.write_all(&after[..now]).await?;
-                let rest = n - now as u64;
-                tokio::io::copy(&mut (&mut *upstream).take(rest), conn).await?;
-            }
-            ResponseBody::Chunked => relay_chunked(conn, upstream, after).await?,
-            ResponseBody::Close => {
-                conn.write_all(after).await?;
-                tokio::io::copy(upstream, conn).await?;
-            }
-        }
-        conn.flush().await
+    // The connection closes after the answer: a body is written as it came, framed by
+    // its length or the close, or chunked again.
+    let (framed, source, encode) = match body {
+        ResponseBody::None => (Framed::Bodiless, None, Encode::Plain),
+        ResponseBody::Length(n) => (Framed::Length(n), Some(Source::Length(n)), Encode::Plain),
+        ResponseBody::Chunked => (Framed::Chunked, Some(Source::Chunked), Encode::Chunked),
+        ResponseBody::Close => (Framed::Close, Some(Source::UntilClose), Encode::Plain),
     };
-    let _ = tokio::time::timeout(UPSTREAM_HEAD_TIMEOUT, relay).await;
-    let _ = conn.shutdown().await;
-}
-
-/// A chunked answer body, relayed up to its end (found with [`ChunkedEnd`]).
-async fn relay_chunked(
-    conn: &mut Conn,
-    upstream: &mut UpstreamStream,
-    first: &[u8],
-) -> io::Result<()> {
-    let mut end = ChunkedEnd::default();
-    let mut buf = first.to_vec();
-    loop {
-        let n = end
-            .scan(&buf)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        conn.write_all(&buf[..n]).await?;
-        if end.done() {
-            return Ok(());
+    let mut out = Vec::with_capacity(answer.head_len + 256);
+    answer.render(&mut out, framed, Some("close"));
+    let timeout = Some(gw.settings().upstream.read_timeout);
+    match source {
+        Some(source) => {
+            let after = answer.after();
+            if let Err(e) = body::relay(upstream, after, conn, out, source, encode, timeout).await {
+                tracing::debug!(error = %e, "the answer to an upgrade ended early");
+            }
         }
-        buf.clear();
-        buf.resize(4096, 0);
-        let read = upstream.read(&mut buf).await?;
-        if read == 0 {
-            return Ok(());
+        None => {
+            let _ = conn.write_all(&out).await;
+            let _ = conn.flush().await;
         }
-        buf.truncate(read);
     }
+    let _ = conn.shutdown().await;
 }
 
 /// Counts a failed upstream and answers it (`502`, or `504` when it timed out).
@@ -358,7 +338,8 @@ async fn open_packet_frame(
             return Some(out);
         }
     };
-    tokio::time::timeout(UPSTREAM_HEAD_TIMEOUT, read)
+    // As the `101` itself: within `upstream.read_timeout`.
+    tokio::time::timeout(gw.settings().upstream.read_timeout, read)
         .await
         .ok()
         .flatten()

@@ -29,11 +29,8 @@ use std::time::Duration;
 
 use pingora::services::Service as _;
 use proxy::config::load_settings;
-use proxy::gateway::{Gateway, InFlight};
-use proxy::logging::Redactor;
-use proxy::metrics::Metrics;
+use proxy::serve::in_process_gateway;
 use proxy::server::{plain_listener, proxy_service, server_conf};
-use proxy::upstreams::Upstreams;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -255,14 +252,7 @@ fn a_thousand_held_tunnels_keep_at_most_three_kib_of_heap_each() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let settings = Arc::new(load_settings(&config).unwrap_or_else(|e| panic!("{e}")));
-    let metrics = Metrics::register(&prometheus::Registry::new()).unwrap_or_else(|e| panic!("{e}"));
-    let gateway = Arc::new(Gateway::new(
-        settings.clone(),
-        Arc::new(Redactor::for_sources(&settings.auth.token_sources)),
-        InFlight::default(),
-        metrics,
-        Upstreams::One(up_addr),
-    ));
+    let gateway = in_process_gateway(settings.clone()).unwrap_or_else(|e| panic!("{e}"));
     let conf = Arc::new(server_conf(&settings));
     let mut service = proxy_service(&conf, gateway.clone());
     service.add_listener(plain_listener(&listen.to_string()));

@@ -30,6 +30,11 @@ pub struct ProxyConfig {
     /// How long open requests and WebSockets may drain after SIGTERM.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: Dur,
+    /// How long each read of a request body may wait for the client's next bytes: a
+    /// client that announces a large body and then stalls or trickles would otherwise
+    /// hold its connection and an upstream connection for ever (`408`, then closed).
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout: Dur,
     /// `[proxy.tls]`: with it, `listen` serves HTTPS and WSS; without it, plain HTTP.
     #[serde(default)]
     pub tls: Option<ProxyTlsConfig>,
@@ -58,6 +63,9 @@ fn default_threads() -> usize {
 fn default_shutdown_grace() -> Dur {
     Dur(Duration::from_secs(10))
 }
+fn default_body_read_timeout() -> Dur {
+    Dur(Duration::from_secs(60))
+}
 
 /// `[proxy]`, validated.
 #[derive(Debug)]
@@ -70,6 +78,8 @@ pub struct ProxySettings {
     pub metrics_listen: Option<SocketAddr>,
     /// Drain time after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Longest wait for each read of a request body (docs/request-handling.md).
+    pub body_read_timeout: Duration,
     /// `[proxy.tls]`: the certificate pair checked at start-up, and its files for the
     /// watcher.
     pub tls: Option<ProxyTls>,
@@ -101,6 +111,9 @@ impl ProxyConfig {
         if self.threads == 0 {
             v.push("proxy.threads", "must be at least 1".into());
         }
+        if self.body_read_timeout.0.is_zero() {
+            v.push("proxy.body_read_timeout", "must be more than 0s".into());
+        }
         let metrics_listen = match self.metrics_listen.as_deref() {
             Some(a) => Some(parse_addr(v, "proxy.metrics_listen", a)?),
             None => None,
@@ -114,6 +127,7 @@ impl ProxyConfig {
             threads: self.threads,
             metrics_listen,
             shutdown_grace: self.shutdown_grace.0,
+            body_read_timeout: self.body_read_timeout.0,
             tls,
         })
     }
