@@ -32,7 +32,7 @@ use proxy::config::load_settings;
 use proxy::gateway::{Gateway, InFlight};
 use proxy::logging::Redactor;
 use proxy::metrics::Metrics;
-use proxy::server::{plain_listener, proxy_service, server_conf};
+use proxy::server::{plain_listener, proxy_service};
 use proxy::upstreams::Upstreams;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -263,8 +263,7 @@ fn a_thousand_held_tunnels_keep_at_most_three_kib_of_heap_each() {
         metrics,
         Upstreams::One(up_addr),
     ));
-    let conf = Arc::new(server_conf(&settings));
-    let mut service = proxy_service(&conf, gateway.clone());
+    let mut service = proxy_service(gateway.clone());
     service.add_listener(plain_listener(&listen.to_string()));
 
     // The gateway's runtime, as Pingora runs a service: two worker threads.
