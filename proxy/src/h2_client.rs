@@ -106,6 +106,7 @@ impl Downstream for H2Client {
             return false;
         };
         ctx.status = received.status;
+        let source = source.filter(|s| *s != Source::Length(0));
         let end = source.is_none();
         if self
             .session
@@ -121,7 +122,14 @@ impl Downstream for H2Client {
         let Some(writer) = self.session.take_response_body_writer() else {
             return false;
         };
-        let mut sink = StreamBody(writer);
+        let left = match source {
+            Source::Length(n) => Some(n),
+            _ => None,
+        };
+        let mut sink = StreamBody {
+            stream: writer,
+            left,
+        };
         let timeout = Some(gw.settings().upstream.read_timeout);
         let relayed = body::relay(
             up,
@@ -174,12 +182,21 @@ impl Downstream for H2Client {
 
 /// A response body written into an HTTP/2 stream as DATA frames, each as large as the
 /// stream's flow-control window allows (`h2` buffers nothing beyond it).
-struct StreamBody(SendStream<Bytes>);
+struct StreamBody {
+    stream: SendStream<Bytes>,
+    /// Bytes still to come of a body by its length: its last frame ends the stream.
+    left: Option<u64>,
+}
 
 impl StreamBody {
-    /// Ends the stream (an empty DATA frame with END_STREAM); `true` when it could.
+    /// Ends the stream, unless its last frame did (an empty DATA frame with
+    /// END_STREAM); `true` when it ended.
     fn end(&mut self) -> bool {
-        self.0.send_data(Bytes::new(), true).is_ok()
+        match self.left {
+            Some(0) => true,
+            Some(_) => false,
+            None => self.stream.send_data(Bytes::new(), true).is_ok(),
+        }
     }
 }
 
@@ -192,7 +209,8 @@ impl AsyncWrite for StreamBody {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let stream = &mut self.0;
+        let this = &mut *self;
+        let stream = &mut this.stream;
         let mut room = stream.capacity().min(buf.len());
         if room == 0 {
             // Capacity is asked for what is to be written, granted as the client's
@@ -207,9 +225,14 @@ impl AsyncWrite for StreamBody {
                 }
             };
         }
+        // A body by its length ends with its last bytes: no empty frame after them.
+        let left = this.left.map(|n| n.saturating_sub(room as u64));
         let data = Bytes::copy_from_slice(&buf[..room]);
-        match stream.send_data(data, false) {
-            Ok(()) => Poll::Ready(Ok(room)),
+        match stream.send_data(data, left == Some(0)) {
+            Ok(()) => {
+                this.left = left;
+                Poll::Ready(Ok(room))
+            }
             Err(e) => Poll::Ready(Err(io::Error::other(e))),
         }
     }

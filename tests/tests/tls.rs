@@ -385,14 +385,17 @@ async fn h2_exchange(
 
 #[tokio::test]
 async fn http2_requests_share_the_gateways_upstream_pool_and_http1s_refusals() {
-    // Chunked answers with a hop-by-hop field: the HTTP/2 client gets the body in DATA
-    // frames and none of the HTTP/1 framing.
+    // Answers chunked (to a GET) or by length (to a POST), with a hop-by-hop field: the
+    // HTTP/2 client gets the body in DATA frames and none of the HTTP/1 framing.
     let up = tests::raw_upstream::RawUpstream::scripted(|seen| {
         let body = format!("{} {}", seen.method, String::from_utf8_lossy(&seen.body));
-        tests::raw_upstream::Reply::keep(format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
-            body.len()
-        ))
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nKeep-Alive: timeout=5\r\n";
+        tests::raw_upstream::Reply::keep(if seen.method == "GET" {
+            let n = body.len();
+            format!("{head}Transfer-Encoding: chunked\r\n\r\n{n:x}\r\n{body}\r\n0\r\n\r\n")
+        } else {
+            format!("{head}Content-Length: {}\r\n\r\n{body}", body.len())
+        })
     })
     .await;
     let ca = ca("h2 pool CA");
