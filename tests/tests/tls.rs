@@ -385,12 +385,14 @@ async fn h2_exchange(
 
 #[tokio::test]
 async fn http2_requests_share_the_gateways_upstream_pool_and_http1s_refusals() {
-    // Answers chunked (to a GET) or by length (to a POST), with a hop-by-hop field: the
+    // Answers chunked (to a GET) or by length (to a POST, a HEAD), with a hop-by-hop field: the
     // HTTP/2 client gets the body in DATA frames and none of the HTTP/1 framing.
     let up = tests::raw_upstream::RawUpstream::scripted(|seen| {
         let body = format!("{} {}", seen.method, String::from_utf8_lossy(&seen.body));
         let head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nKeep-Alive: timeout=5\r\n";
-        tests::raw_upstream::Reply::keep(if seen.method == "GET" {
+        tests::raw_upstream::Reply::keep(if seen.method == "HEAD" {
+            format!("{head}Content-Length: 5\r\n\r\n")
+        } else if seen.method == "GET" {
             let n = body.len();
             format!("{head}Transfer-Encoding: chunked\r\n\r\n{n:x}\r\n{body}\r\n0\r\n\r\n")
         } else {
@@ -445,25 +447,31 @@ async fn http2_requests_share_the_gateways_upstream_pool_and_http1s_refusals() {
     }
     assert!(!seen[2].chunked && seen[2].all("content-length") == ["9"]);
     assert!(seen[3].chunked && seen[3].body == b"in chunks");
+    // A HEAD: no body, the upstream's length of the representation kept (RFC 9110 8.6).
+    let request = http::Request::head(uri(&format!("/socket.io/x?i=4&token={token}")));
+    let (status, fields, text) = h2_exchange(&client, request, None).await;
+    assert_eq!((status, text.as_str()), (200, ""));
+    let length = fields.get("content-length").map(|v| v.as_bytes());
+    assert_eq!(length, Some(&b"5"[..]), "{fields:?}");
 
     // The gateway's own pool, whose connections carry one identity each and serve both
     // protocols: bob's request gets a connection of its own; alice's next request,
     // over HTTP/1.1, gets hers again.
     let bob = tokens::valid("bob");
-    let request = http::Request::get(uri(&format!("/socket.io/x?i=4&token={bob}")));
+    let request = http::Request::get(uri(&format!("/socket.io/x?i=5&token={bob}")));
     let (status, _, text) = h2_exchange(&client, request, None).await;
     assert_eq!((status, text.as_str()), (200, "GET "));
     let h1_config = tls::client_config(&ca.pem, &["http/1.1"]);
-    let target = format!("/socket.io/x?i=5&token={token}");
+    let target = format!("/socket.io/x?i=6&token={token}");
     let h1 = tls::get(gw.addr, h1_config.clone(), &target).await;
     assert_eq!((h1.status, h1.text()), (200, "GET ".to_string()));
     let conns: Vec<usize> = up.seen().iter().map(|s| s.conn).collect();
     assert_eq!(
         conns,
-        [0, 0, 0, 0, 1, 0],
+        [0, 0, 0, 0, 0, 1, 0],
         "upstream connection of each request"
     );
-    assert_eq!(up.seen()[4].all("x-auth-user"), ["bob"]);
+    assert_eq!(up.seen()[5].all("x-auth-user"), ["bob"]);
 
     // A refusal: the same status, fields and body as over HTTP/1.1, nothing upstream.
     let bad = "/socket.io/x?token=not-a-token";
