@@ -3,32 +3,55 @@
 //! WebSocket upgrade to its own tunnel ([`tunnel::carry`]), and carries every other
 //! request itself ([`exchange::serve`]). Keep-alive connections come back here after
 //! each request, so the next request's head (pipelined or not) and an upgrade after
-//! earlier requests are read here too. An HTTP/2 connection (TLS with ALPN `h2`) goes
-//! to Pingora's HTTP/2 server whole.
+//! earlier requests are read here too. An HTTP/2 connection (TLS with ALPN `h2`) is
+//! framed by Pingora's HTTP/2 server, and each of its streams carried by the gateway's
+//! own code ([`h2_stream::serve`]): the same decision, answers and upstream pool.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::apps::{HttpServerApp, ReusedHttpStream, ServerApp};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::{ALPN, Stream};
-use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 
 use crate::conn::Conn;
 use crate::exchange::{self, Next};
 use crate::gateway::Gateway;
-use crate::http_path::HttpPath;
 use crate::pool::Pool;
-use crate::{head, tunnel};
+use crate::{h2_stream, head, tunnel};
 
 /// The gateway's server application.
 pub struct App {
     gateway: Arc<Gateway>,
-    /// Pingora's HTTP proxy, for HTTP/2 connections only.
-    http: Arc<HttpProxy<HttpPath>>,
-    /// Kept-alive upstream connections of the HTTP/1 path.
-    pool: Pool,
+    /// Kept-alive upstream connections, shared by HTTP/1 requests and HTTP/2 streams.
+    pool: Arc<Pool>,
+    /// What Pingora's HTTP/2 server hands each stream to.
+    h2: Arc<Streams>,
+}
+
+/// The streams of HTTP/2 connections: Pingora's HTTP/2 server (its handshake, framing,
+/// flow control and graceful `GOAWAY`) runs each in a task of its own and hands it
+/// here; nothing else of Pingora's HTTP handling is used.
+struct Streams {
+    gateway: Arc<Gateway>,
+    pool: Arc<Pool>,
+}
+
+#[async_trait]
+impl HttpServerApp for Streams {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        _shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        // Only HTTP/2 streams come here ([`App::process_new`] hands nothing else).
+        if let ServerSession::H2(stream) = session {
+            h2_stream::serve(&self.gateway, &self.pool, stream).await;
+        }
+        None
+    }
 }
 
 impl std::fmt::Debug for App {
@@ -67,15 +90,15 @@ impl App {
         }
     }
 
-    /// The application around a gateway and its Pingora HTTP proxy.
-    pub fn new(gateway: Arc<Gateway>, http: HttpProxy<HttpPath>) -> Self {
+    /// The application around a gateway.
+    pub fn new(gateway: Arc<Gateway>) -> Self {
         let upstream = &gateway.settings().upstream;
-        let pool = Pool::new(&upstream.servers, upstream.pool_idle);
-        App {
-            gateway,
-            http: Arc::new(http),
-            pool,
-        }
+        let pool = Arc::new(Pool::new(&upstream.servers, upstream.pool_idle));
+        let h2 = Arc::new(Streams {
+            gateway: gateway.clone(),
+            pool: pool.clone(),
+        });
+        App { gateway, pool, h2 }
     }
 }
 
@@ -88,10 +111,10 @@ impl ServerApp for App {
     ) -> Option<Stream> {
         if stream.selected_alpn_proto() == Some(ALPN::H2) {
             // HTTP/2 (offered by ALPN on TLS, docs/tls.md): Pingora's own HTTP/2 server,
-            // every stream through the same HTTP path. WebSockets are not carried over
+            // every stream to [`h2_stream::serve`]. WebSockets are not carried over
             // HTTP/2 (no RFC 8441 extended CONNECT): browsers open an HTTP/1.1
             // connection for them, which comes through the branch below.
-            return ServerApp::process_new(&self.http, stream, shutdown).await;
+            return ServerApp::process_new(&self.h2, stream, shutdown).await;
         }
         // The connection leaves Pingora's per-connection task, which keeps its
         // listener's TLS handshake state inline (about 9 KiB with the `rustls` feature)
@@ -101,9 +124,5 @@ impl ServerApp for App {
         let shutdown = shutdown.clone();
         tokio::spawn(async move { app.serve_http1(stream, shutdown).await });
         None
-    }
-
-    async fn cleanup(&self) {
-        self.http.http_cleanup().await;
     }
 }

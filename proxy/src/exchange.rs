@@ -90,7 +90,7 @@ pub async fn serve(
             answer_it(gw, conn, &req, framing, answer, &mut ctx).await;
         }
     }
-    finish(gw, conn, &req, &ctx);
+    finish(gw, conn.peer_addr(), &req, &ctx);
     if ctx.keep_alive {
         Next::Again
     } else {
@@ -173,7 +173,12 @@ pub(crate) fn source_of(framing: Framing) -> Source {
 }
 /// Step: counts the request in the metrics, then one log line: refusals at `info`
 /// (reason, client, redacted request line), everything else at `debug`.
-fn finish(gw: &Gateway, conn: &Conn, req: &RequestHeader, ctx: &Ctx) {
+pub(crate) fn finish(
+    gw: &Gateway,
+    client: Option<std::net::SocketAddr>,
+    req: &RequestHeader,
+    ctx: &Ctx,
+) {
     gw.count(ctx.outcome, ctx.upstream_failed);
     // The line is built only when its level is on: redacting and formatting cost more
     // than the rest of a refusal.
@@ -184,7 +189,7 @@ fn finish(gw: &Gateway, conn: &Conn, req: &RequestHeader, ctx: &Ctx) {
     if !on {
         return;
     }
-    let client = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let client = client.map(|a| a.to_string()).unwrap_or_default();
     let request = gw.summary(req);
     if !gw.log_refusal(ctx.outcome, &client, &request) {
         tracing::debug!(

@@ -1,9 +1,12 @@
-//! The forwarding step of an HTTP/1 request ([`crate::exchange`]): the head the
-//! gateway writes upstream, the body relayed by its framing, the answer head read
-//! strictly (interim answers passed on), the answer relayed by its own framing or, for
-//! a handshake, read whole and written again with its `sid` sealed; the upstream
-//! connection kept only when both sides ended cleanly (docs/request-handling.md
-//! "Upstream connections").
+//! The forwarding step of a request, the same for an HTTP/1 client
+//! ([`crate::exchange`]) and an HTTP/2 stream ([`crate::h2_stream`]): the HTTP/1.1
+//! head the gateway writes upstream, the body relayed by its framing, the answer head
+//! read strictly (interim answers passed on), the answer relayed by its own framing or,
+//! for a handshake, read whole and written again with its `sid` sealed; the upstream
+//! connection kept ([`crate::pool`]) only when both sides ended cleanly
+//! (docs/request-handling.md "Upstream connections"). What differs between the two
+//! clients, how the request body is read and how an answer is written, is a
+//! `Downstream`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,17 +15,16 @@ use http::header;
 use pingora::http::RequestHeader;
 use tokio::io::AsyncWriteExt;
 
-use crate::body::{self, Encode, RelayError, Source};
-use crate::conn::Conn;
+use crate::body::{self, Source};
 use crate::decision::{Answer, Forward};
 use crate::dial::DialError;
 use crate::engineio::{Fed, rewrite_open_packet};
-use crate::exchange::{Ctx, answer_it, connection_field, source_of};
+use crate::exchange::Ctx;
 use crate::framing::Framing;
 use crate::gateway::Gateway;
 use crate::head::{request_bytes, strip_hop_by_hop};
 use crate::pool::Kept;
-use crate::response_head::{self, Framed, NoAnswer, Received, ResponseBody};
+use crate::response_head::{self, NoAnswer, Received, ResponseBody};
 use crate::upstream_tls::UpstreamStream;
 
 /// Largest handshake answer read whole to seal its `sid` (an Engine.IO open packet is
@@ -30,7 +32,7 @@ use crate::upstream_tls::UpstreamStream;
 const MAX_HANDSHAKE_ANSWER: usize = 64 * 1024;
 /// Why a forwarded request got no complete answer from its upstream.
 #[derive(Debug, thiserror::Error)]
-enum UpstreamFailure {
+pub(crate) enum UpstreamFailure {
     /// No server is healthy.
     #[error("no healthy upstream server")]
     NoServer,
@@ -50,7 +52,7 @@ enum UpstreamFailure {
 
 /// Why a request was not sent, or got no answer head.
 #[derive(Debug)]
-enum Unsent {
+pub(crate) enum Unsent {
     /// The client closed before its body's end: nothing to answer.
     ClientLeft,
     /// The client's chunked body is malformed: `400`.
@@ -71,11 +73,57 @@ impl UpstreamFailure {
         }
     }
 }
+
+/// The client side of a forwarded request: how its body is read and how answers reach
+/// it, for an HTTP/1 connection ([`crate::h1_client`]) or an HTTP/2 stream
+/// ([`crate::h2_client`]). The steps and the upstream side are the same for both.
+pub(crate) trait Downstream {
+    /// The client's address, for the log.
+    fn client(&self) -> Option<SocketAddr>;
+
+    /// Writes `head`, then the request body (framed by `framing`), on `up`;
+    /// `expect_continue`: the client waits for `100 Continue` before sending it; each
+    /// read of the body must make progress within `timeout` (`proxy.body_read_timeout`).
+    async fn send_body(
+        &mut self,
+        up: &mut UpstreamStream,
+        head: Vec<u8>,
+        framing: Framing,
+        expect_continue: bool,
+        timeout: Duration,
+    ) -> Result<(), Unsent>;
+
+    /// Passes an interim answer (1xx other than `101`) on, where the client's protocol
+    /// carries it.
+    async fn interim(&mut self, received: &Received, ctx: &Ctx);
+
+    /// Relays the final answer, its body by its framing; `true` when both sides ended
+    /// cleanly (the upstream connection may be kept).
+    async fn relay(
+        &mut self,
+        gw: &Gateway,
+        up: &mut UpstreamStream,
+        received: &Received,
+        body: ResponseBody,
+        ctx: &mut Ctx,
+    ) -> bool;
+
+    /// Writes the final answer with `body` whole, by its length (a handshake's answer,
+    /// its `sid` sealed); `true` when it was written.
+    async fn whole(&mut self, received: &Received, body: Vec<u8>, ctx: &mut Ctx) -> bool;
+
+    /// Answers a request refused after all (its body is malformed).
+    async fn refuse(&mut self, gw: &Gateway, req: &RequestHeader, answer: Answer, ctx: &mut Ctx);
+
+    /// Writes the answer to an upstream failure (on HTTP/1, the connection closes).
+    async fn unavailable(&mut self, gw: &Gateway, req: &RequestHeader, answer: &Answer);
+}
+
 /// Step: forward to the upstream, relay its answer.
-pub(crate) async fn forward(
+pub(crate) async fn forward<D: Downstream>(
     gw: &Gateway,
-    kept: &mut Kept<'_>,
-    conn: &mut Conn,
+    reuse: &mut Kept<'_>,
+    down: &mut D,
     req: &mut RequestHeader,
     framing: Framing,
     mut f: Forward,
@@ -83,7 +131,7 @@ pub(crate) async fn forward(
 ) {
     ctx.outcome = f.outcome;
     let Some(addr) = gw.pick_upstream(Some(&mut f)) else {
-        return upstream_failed(gw, conn, req, ctx, None, UpstreamFailure::NoServer).await;
+        return upstream_failed(gw, down, req, ctx, None, UpstreamFailure::NoServer).await;
     };
     let expect_continue = take_expect_continue(req) && framing.has_body();
     let safe = matches!(
@@ -91,19 +139,14 @@ pub(crate) async fn forward(
         http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
     );
     let head = upstream_head(req, &f, framing);
-    let (mut up, received) = match send(
-        gw,
-        kept.take(addr, &f.identity),
-        conn,
+    let kept = reuse.take(addr, &f.identity);
+    let sending = Sending {
         addr,
-        head,
         framing,
         expect_continue,
         safe,
-        ctx,
-    )
-    .await
-    {
+    };
+    let (mut up, received) = match send(gw, kept, down, head, &sending, ctx).await {
         Ok(sent) => sent,
         Err(Unsent::ClientLeft) => {
             // The client left mid-body: nothing to answer.
@@ -113,7 +156,7 @@ pub(crate) async fn forward(
         Err(Unsent::Malformed) => {
             let answer = Answer::bad_request("the chunked body is malformed");
             ctx.keep_alive = false;
-            return answer_it(gw, conn, req, Framing::None, answer, ctx).await;
+            return down.refuse(gw, req, answer, ctx).await;
         }
         Err(Unsent::ClientTooSlow) => {
             // Nothing of an answer was read or sent (the answer is read after the whole
@@ -121,10 +164,10 @@ pub(crate) async fn forward(
             let message = "the request body stalled";
             let answer = Answer::json(408, "request_timeout", message, ctx.outcome);
             ctx.keep_alive = false;
-            return answer_it(gw, conn, req, Framing::None, answer, ctx).await;
+            return down.refuse(gw, req, answer, ctx).await;
         }
         Err(Unsent::Upstream(failure)) => {
-            return upstream_failed(gw, conn, req, ctx, Some(addr), failure).await;
+            return upstream_failed(gw, down, req, ctx, Some(addr), failure).await;
         }
     };
     let head_only = req.method == http::Method::HEAD;
@@ -137,17 +180,17 @@ pub(crate) async fn forward(
     let relayed = match sealing {
         Some(h) if body != ResponseBody::None => {
             let seal = |sid: &[u8]| gw.seal_sid(&h.user, h.server, sid);
-            match seal_answer(gw, conn, &mut up, &received, body, seal, ctx).await {
-                Ok(r) => r,
+            match sealed_body(gw, &mut up, &received, body, seal).await {
+                Ok((bytes, extra)) => down.whole(&received, bytes, ctx).await && !extra,
                 Err(failure) => {
-                    return upstream_failed(gw, conn, req, ctx, Some(addr), failure).await;
+                    return upstream_failed(gw, down, req, ctx, Some(addr), failure).await;
                 }
             }
         }
-        _ => relay_answer(gw, conn, &mut up, &received, body, ctx).await,
+        _ => down.relay(gw, &mut up, &received, body, ctx).await,
     };
     if relayed && received.keep_alive && body != ResponseBody::Close {
-        kept.put(addr, f.identity, up);
+        reuse.put(addr, f.identity, up);
     }
 }
 
@@ -182,26 +225,38 @@ fn upstream_head(req: &mut RequestHeader, f: &Forward, framing: Framing) -> Vec<
     request_bytes(req)
 }
 
+/// How a request is sent: to which server, its body's framing, and what may be done
+/// again.
+#[derive(Debug)]
+struct Sending {
+    /// The server.
+    addr: SocketAddr,
+    /// The request body's framing.
+    framing: Framing,
+    /// The client waits for `100 Continue` before sending its body.
+    expect_continue: bool,
+    /// `GET`, `HEAD`, `OPTIONS`: may be sent again on a new connection when a kept one
+    /// stayed silent (RFC 9110 9.2.2).
+    safe: bool,
+}
+
 /// Step: send the head and body on `kept` (a kept-alive connection of the request's
 /// identity, [`crate::pool`]) or a new connection, read the answer head (interim
-/// answers passed on to an HTTP/1.1 client). A kept-alive connection that the upstream had closed, found
+/// answers passed on). A kept-alive connection that the upstream had closed, found
 /// when writing (the upstream read none of it), or by silence for a `safe` request
 /// (`GET`, `HEAD`, `OPTIONS`), is replaced by a new one once, for a request without a
 /// body (nothing of it was consumed).
-#[allow(clippy::too_many_arguments)]
-async fn send(
+async fn send<D: Downstream>(
     gw: &Gateway,
     mut kept: Option<UpstreamStream>,
-    conn: &mut Conn,
-    addr: SocketAddr,
+    down: &mut D,
     mut head: Vec<u8>,
-    framing: Framing,
-    expect_continue: bool,
-    safe: bool,
+    how: &Sending,
     ctx: &Ctx,
 ) -> Result<(UpstreamStream, Received), Unsent> {
+    let (addr, framing) = (how.addr, how.framing);
     let read_timeout = gw.settings().upstream.read_timeout;
-    let body_timeout = Some(gw.settings().proxy.body_read_timeout);
+    let body_timeout = gw.settings().proxy.body_read_timeout;
     loop {
         let reused = kept.is_some();
         let mut up = match kept.take() {
@@ -213,35 +268,17 @@ async fn send(
                 .map_err(|e| Unsent::Upstream(UpstreamFailure::Connect(e)))?,
         };
         let sent = if framing.has_body() {
-            if expect_continue {
-                let cont = b"HTTP/1.1 100 Continue\r\n\r\n";
-                if conn.write_all(cont).await.is_err() || conn.flush().await.is_err() {
-                    return Err(Unsent::ClientLeft);
-                }
-            }
-            let source = source_of(framing);
-            let encode = if framing == Framing::Chunked {
-                Encode::Chunked
-            } else {
-                Encode::Plain
-            };
             // Never tried again (the body is consumed): the head is needed once.
             let head = std::mem::take(&mut head);
-            match body::relay(conn, &[], &mut up, head, source, encode, body_timeout).await {
-                Ok(_) => Ok(()),
-                Err(RelayError::Write(e)) => Err(e),
-                Err(RelayError::Malformed) => return Err(Unsent::Malformed),
-                Err(RelayError::TimedOut) => return Err(Unsent::ClientTooSlow),
-                Err(_) => return Err(Unsent::ClientLeft),
-            }
+            down.send_body(&mut up, head, framing, how.expect_continue, body_timeout)
+                .await?;
+            Ok(())
         } else {
             async { up.write_all(&head).await.and(up.flush().await) }.await
         };
         let received = match sent {
-            Ok(()) => next_final_head(conn, &mut up, read_timeout, ctx)
-                .await
-                .map_err(Unsent::Upstream)?,
-            Err(e) if reused && !framing.has_body() => {
+            Ok(()) => next_final_head(down, &mut up, read_timeout, ctx).await,
+            Err(e) if reused => {
                 tracing::debug!(upstream = %addr, "a kept-alive connection failed ({e}); a new one");
                 continue;
             }
@@ -250,7 +287,7 @@ async fn send(
         match received {
             // The upstream may have acted on it: only a safe request is sent again
             // (RFC 9110 9.2.1-9.2.2), so no POST is ever carried out twice.
-            Err(NoAnswer::Closed { silent: true }) if reused && safe && !framing.has_body() => {
+            Err(NoAnswer::Closed { silent: true }) if reused && how.safe && !framing.has_body() => {
                 tracing::debug!(upstream = %addr, "a kept-alive connection was closed; a new one");
             }
             Err(e) => return Err(Unsent::Upstream(UpstreamFailure::Answer(e))),
@@ -260,99 +297,38 @@ async fn send(
 }
 
 /// Reads answer heads until a final one; an interim one (1xx other than `101`) is
-/// passed on to an HTTP/1.1 client (RFC 9110 15.2). A `101` to a request that asked
+/// passed on ([`Downstream::interim`], RFC 9110 15.2). A `101` to a request that asked
 /// for no upgrade is refused.
-async fn next_final_head(
-    conn: &mut Conn,
+async fn next_final_head<D: Downstream>(
+    down: &mut D,
     up: &mut UpstreamStream,
     read_timeout: Duration,
     ctx: &Ctx,
-) -> Result<Result<Received, NoAnswer>, UpstreamFailure> {
+) -> Result<Received, NoAnswer> {
     let mut carry = Vec::new();
     loop {
-        let received = match response_head::read(up, read_timeout, carry).await {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e)),
-        };
+        let received = response_head::read(up, read_timeout, carry).await?;
         if received.status == 101 {
-            return Ok(Err(NoAnswer::Malformed));
+            return Err(NoAnswer::Malformed);
         }
         if !(100..200).contains(&received.status) {
-            return Ok(Ok(received));
+            return Ok(received);
         }
-        if !ctx.http10 {
-            let mut out = Vec::with_capacity(received.head_len);
-            received.render(&mut out, Framed::Bodiless, None);
-            // A client that left is noticed when the final answer is written.
-            let _ = conn.write_all(&out).await;
-            let _ = conn.flush().await;
-        }
+        down.interim(&received, ctx).await;
         carry = received.after().to_vec();
     }
 }
 
-/// Step: relay the answer by its framing. `true` when it ended cleanly (the upstream
-/// connection may be kept).
-async fn relay_answer(
+/// Step: a handshake's answer body, read whole, its open packet's `sid` sealed
+/// (docs/request-handling.md "Engine.IO sessions"); with whether the upstream sent
+/// bytes after it.
+async fn sealed_body(
     gw: &Gateway,
-    conn: &mut Conn,
-    up: &mut UpstreamStream,
-    received: &Received,
-    body: ResponseBody,
-    ctx: &mut Ctx,
-) -> bool {
-    let (framed, source, encode) = match (body, ctx.http10) {
-        (ResponseBody::None, _) => (Framed::Bodiless, None, Encode::Plain),
-        (ResponseBody::Length(n), _) => (Framed::Length(n), Some(Source::Length(n)), Encode::Plain),
-        // An HTTP/1.0 client reads to the close.
-        (ResponseBody::Chunked, true) => (Framed::Close, Some(Source::Chunked), Encode::Plain),
-        (ResponseBody::Close, true) => (Framed::Close, Some(Source::UntilClose), Encode::Plain),
-        // An HTTP/1.1 client gets chunks, and keeps its connection.
-        (ResponseBody::Chunked, false) => (Framed::Chunked, Some(Source::Chunked), Encode::Chunked),
-        (ResponseBody::Close, false) => {
-            (Framed::Chunked, Some(Source::UntilClose), Encode::Chunked)
-        }
-    };
-    if framed == Framed::Close {
-        ctx.keep_alive = false;
-    }
-    ctx.status = received.status;
-    let mut out = Vec::with_capacity(received.head_len + 256);
-    received.render(&mut out, framed, connection_field(ctx));
-    let Some(source) = source else {
-        let written = conn.write_all(&out).await.and(conn.flush().await);
-        if written.is_err() {
-            ctx.keep_alive = false;
-        }
-        // Bytes behind a bodiless answer: the upstream is not kept.
-        return written.is_ok() && received.after().is_empty();
-    };
-    let timeout = Some(gw.settings().upstream.read_timeout);
-    match body::relay(up, received.after(), conn, out, source, encode, timeout).await {
-        Ok(relayed) => !relayed.extra,
-        Err(e) => {
-            // The head is out: the client learns of the failure by the close.
-            ctx.keep_alive = false;
-            if !matches!(e, RelayError::Write(_)) {
-                ctx.upstream_failed = true;
-                tracing::warn!(error = %e, "the upstream's answer body ended early");
-            }
-            false
-        }
-    }
-}
-
-/// Step: a handshake's answer, read whole and written again with its open packet's
-/// `sid` sealed (docs/request-handling.md "Engine.IO sessions"), with its new length.
-async fn seal_answer(
-    gw: &Gateway,
-    conn: &mut Conn,
     up: &mut UpstreamStream,
     received: &Received,
     body: ResponseBody,
     seal: impl FnOnce(&[u8]) -> Option<String>,
-    ctx: &mut Ctx,
-) -> Result<bool, UpstreamFailure> {
+) -> Result<(Vec<u8>, bool), UpstreamFailure> {
     let source = match body {
         ResponseBody::Length(n) => Source::Length(n),
         ResponseBody::Chunked => Source::Chunked,
@@ -366,26 +342,15 @@ async fn seal_answer(
         Fed::Pass | Fed::Hold => bytes,
         Fed::Refused => return Err(UpstreamFailure::Handshake),
     };
-    ctx.status = received.status;
-    let mut out = Vec::with_capacity(received.head_len + bytes.len() + 64);
-    received.render(
-        &mut out,
-        Framed::Length(bytes.len() as u64),
-        connection_field(ctx),
-    );
-    out.extend_from_slice(&bytes);
-    if conn.write_all(&out).await.is_err() || conn.flush().await.is_err() {
-        ctx.keep_alive = false;
-        return Ok(false);
-    }
-    Ok(!relayed.extra)
+    Ok((bytes, relayed.extra))
 }
+
 /// Step: the upstream could not be used: `502`, or `504` when it was too slow (docs/
-/// request-handling.md "What the gateway does to a request", 10), and the connection
-/// closes.
-async fn upstream_failed(
+/// request-handling.md "What the gateway does to a request", 10), and an HTTP/1
+/// connection closes.
+async fn upstream_failed<D: Downstream>(
     gw: &Gateway,
-    conn: &mut Conn,
+    down: &mut D,
     req: &RequestHeader,
     ctx: &mut Ctx,
     addr: Option<SocketAddr>,
@@ -395,15 +360,12 @@ async fn upstream_failed(
     ctx.keep_alive = false;
     tracing::warn!(
         upstream = ?addr,
-        client = ?conn.peer_addr(),
+        client = ?down.client(),
         request = gw.summary(req),
         error = %failure,
         "upstream failed"
     );
     let answer = Answer::upstream_unavailable(failure.timed_out());
     ctx.status = answer.status;
-    let origin = req.headers.get(header::ORIGIN);
-    let bytes = answer.render(origin, &gw.settings().auth.cors_origins, Some("close"));
-    let _ = conn.write_all(&bytes).await;
-    let _ = conn.flush().await;
+    down.unavailable(gw, req, &answer).await;
 }

@@ -1,7 +1,7 @@
 //! The decision about every request, whichever way it arrived (docs/request-handling.md "What the
-//! gateway does to a request"): [`Gateway::authenticate`] is called by Pingora's HTTP
-//! phases ([`crate::http_path`]) and by the gateway's own upgrade tunnel
-//! ([`crate::tunnel`]). It reads as the steps in order; each step is a named function
+//! gateway does to a request"): [`Gateway::authenticate`] is called for every HTTP/1
+//! request ([`crate::exchange`]), every HTTP/2 stream ([`crate::h2_stream`]) and by the
+//! gateway's own upgrade tunnel ([`crate::tunnel`]). It reads as the steps in order; each step is a named function
 //! here or in the module that owns its subject.
 
 use std::net::{IpAddr, SocketAddr};

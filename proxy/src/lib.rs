@@ -6,7 +6,7 @@
 //!
 //! - [`app`]: each accepted connection: its request heads read by the gateway, upgrades
 //!   to [`tunnel`], every other HTTP/1 request to [`exchange`], HTTP/2 connections to
-//!   Pingora's HTTP/2 server and [`http_path`].
+//!   Pingora's HTTP/2 server, each stream to [`h2_stream`].
 //! - [`certs`]: the gateway's own certificate (`[proxy.tls]`): checked, served, and
 //!   swapped when its files change.
 //! - [`conn`]: a client connection with the bytes read ahead replayed.
@@ -15,15 +15,16 @@
 //! - [`config`]: the TOML file, defaults, and validation that reports every problem.
 //! - [`exchange`]: one HTTP/1 request carried by the gateway: decided, answered or
 //!   forwarded, its answer relayed, counted and logged once.
-//! - [`forward`]: its forwarding step: the head written upstream, the body and the
-//!   answer relayed, a handshake's answer sealed.
+//! - [`h2_stream`]: one HTTP/2 request carried the same way: made an HTTP/1.1 head,
+//!   decided, answered or forwarded, counted and logged once.
+//! - [`forward`]: the forwarding step of both: the head written upstream, the body and
+//!   the answer relayed, a handshake's answer sealed; [`h1_client`] and [`h2_client`]
+//!   are its two client sides (how the body is read, how the answer is written).
 //! - [`body`]: message bodies relayed by their framing (chunked bodies decoded and
 //!   written again).
 //! - [`response_head`]: the upstream's answer head, read strictly, written again for
 //!   the client.
 //! - [`pool`]: kept-alive upstream connections.
-//! - [`http_path`]: Pingora's HTTP phases (`ProxyHttp`) for HTTP/2 requests, each a few
-//!   lines around the shared decision.
 //! - [`request`]: framing and `Connection` checks, client identity copies, target
 //!   rewriting, token stripping.
 //! - [`path`]: path normalization and the protected/public decision.
@@ -78,9 +79,11 @@ pub mod file_stamp;
 pub mod forward;
 pub mod framing;
 pub mod gateway;
+pub mod h1_client;
+pub mod h2_client;
+pub mod h2_stream;
 pub mod head;
 pub mod health;
-pub mod http_path;
 pub mod keys;
 pub mod logging;
 pub mod memory;

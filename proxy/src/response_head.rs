@@ -9,6 +9,8 @@
 
 use std::time::Duration;
 
+use http::{HeaderName, HeaderValue};
+use pingora::http::ResponseHeader;
 use pingora::prelude::fast_timeout::fast_timeout;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -170,6 +172,49 @@ fn hop_by_hop(name: &str) -> bool {
 }
 
 impl Received {
+    /// The upstream's fields the client gets: without the hop-by-hop ones and those
+    /// its `Connection` names; its `Content-Length` only where the answer is written
+    /// `Bodiless` (it describes the representation, RFC 9110 8.6).
+    fn passed<'h>(
+        &self,
+        fields: &'h [httparse::Header<'h>],
+        framed: Framed,
+    ) -> impl Iterator<Item = &'h httparse::Header<'h>> {
+        let named: Vec<&[u8]> = connection_options::of_fields(fields).collect();
+        let status = self.status;
+        fields.iter().filter(move |h| {
+            let keep_length = framed == Framed::Bodiless
+                && h.name.eq_ignore_ascii_case("content-length")
+                && status != 204
+                && !(100..200).contains(&status);
+            !((hop_by_hop(h.name) && !keep_length)
+                || named
+                    .iter()
+                    .any(|n| n.eq_ignore_ascii_case(h.name.as_bytes())))
+        })
+    }
+
+    /// The head as an HTTP/2 client gets it ([`crate::h2_client`]): the same fields as
+    /// [`Received::render`] writes, without a reason phrase, `Content-Length` for
+    /// `Framed::Length` (HTTP/2 frames the body itself, RFC 9113 8.1).
+    pub fn header(&self, framed: Framed) -> Option<ResponseHeader> {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        let mut resp = httparse::Response::new(&mut fields);
+        // Parsed before ([`parse`]): the same bytes parse the same way.
+        resp.parse(&self.bytes[..self.head_len]).ok()?;
+        let mut out = ResponseHeader::build(self.status, Some(resp.headers.len() + 2)).ok()?;
+        for h in self.passed(resp.headers, framed) {
+            // `httparse` accepted the name and the value: `http` does too.
+            let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+            let value = HeaderValue::from_bytes(h.value).ok()?;
+            out.append_header(name, value).ok()?;
+        }
+        if let Framed::Length(n) = framed {
+            out.insert_header(http::header::CONTENT_LENGTH, n).ok()?;
+        }
+        Some(out)
+    }
+
     /// The bytes after the head.
     pub fn after(&self) -> &[u8] {
         &self.bytes[self.head_len..]
@@ -190,19 +235,7 @@ impl Received {
         out.push(b' ');
         out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
         out.extend_from_slice(b"\r\n");
-        let named: Vec<&[u8]> = connection_options::of_fields(resp.headers).collect();
-        for h in resp.headers.iter() {
-            let keep_length = framed == Framed::Bodiless
-                && h.name.eq_ignore_ascii_case("content-length")
-                && self.status != 204
-                && !(100..200).contains(&self.status);
-            if (hop_by_hop(h.name) && !keep_length)
-                || named
-                    .iter()
-                    .any(|n| n.eq_ignore_ascii_case(h.name.as_bytes()))
-            {
-                continue;
-            }
+        for h in self.passed(resp.headers, framed) {
             out.extend_from_slice(h.name.as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(h.value);

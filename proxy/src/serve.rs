@@ -20,10 +20,9 @@ use pingora::lb::LoadBalancer;
 use crate::app::App;
 use crate::config::Settings;
 use crate::gateway::{Gateway, InFlight};
-use crate::http_path::HttpPath;
 use crate::logging::Redactor;
 use crate::metrics::Metrics;
-use crate::server::{ServerError, server_conf};
+use crate::server::ServerError;
 use crate::upstreams::Upstreams;
 
 /// Pause after a failed accept (too many open files): the loop does not spin on it.
@@ -45,9 +44,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) {
-    let conf = Arc::new(server_conf(gateway.settings()));
-    let http = pingora::proxy::http_proxy(&conf, HttpPath(gateway.clone()));
-    let app = Arc::new(App::new(gateway.clone(), http));
+    let app = Arc::new(App::new(gateway.clone()));
     let listener = Listener::from(listener);
     let (draining, watch) = tokio::sync::watch::channel(false);
     let mut connections = JoinSet::new();

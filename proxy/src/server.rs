@@ -24,7 +24,6 @@ use crate::certs::{CertResolver, CertWatcher};
 use crate::config::Settings;
 use crate::gateway::{Gateway, InFlight};
 use crate::health::Probes;
-use crate::http_path::HttpPath;
 use crate::keys::{JwksFetcher, KeyWatcher};
 use crate::logging::Redactor;
 use crate::metrics::Metrics;
@@ -107,10 +106,9 @@ pub fn server_conf(settings: &Settings) -> ServerConf {
     }
 }
 
-/// The gateway's proxy service, without a listener: [`App`] over Pingora's HTTP proxy.
-pub fn proxy_service(conf: &Arc<ServerConf>, gateway: Arc<Gateway>) -> Service<App> {
-    let http = pingora::proxy::http_proxy(conf, HttpPath(gateway.clone()));
-    Service::new("gateway".to_string(), App::new(gateway, http))
+/// The gateway's proxy service, without a listener: [`App`].
+pub fn proxy_service(gateway: Arc<Gateway>) -> Service<App> {
+    Service::new("gateway".to_string(), App::new(gateway))
 }
 
 /// The client listener on `addr` before its TLS: connections without Pingora's buffers
@@ -224,7 +222,7 @@ pub fn run(
         upstreams,
     );
     let gateway = Arc::new(gateway);
-    let mut proxy = proxy_service(&server.configuration, gateway);
+    let mut proxy = proxy_service(gateway);
     let mut listener = plain_listener(&settings.proxy.listen.to_string());
     if let Some(tls) = &settings.proxy.tls {
         let resolver = Arc::new(CertResolver::new(&tls.pair));

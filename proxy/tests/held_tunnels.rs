@@ -30,7 +30,7 @@ use std::time::Duration;
 use pingora::services::Service as _;
 use proxy::config::load_settings;
 use proxy::serve::in_process_gateway;
-use proxy::server::{plain_listener, proxy_service, server_conf};
+use proxy::server::{plain_listener, proxy_service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -253,8 +253,7 @@ fn a_thousand_held_tunnels_keep_at_most_three_kib_of_heap_each() {
     .unwrap_or_else(|e| panic!("{e}"));
     let settings = Arc::new(load_settings(&config).unwrap_or_else(|e| panic!("{e}")));
     let gateway = in_process_gateway(settings.clone()).unwrap_or_else(|e| panic!("{e}"));
-    let conf = Arc::new(server_conf(&settings));
-    let mut service = proxy_service(&conf, gateway.clone());
+    let mut service = proxy_service(gateway.clone());
     service.add_listener(plain_listener(&listen.to_string()));
 
     // The gateway's runtime, as Pingora runs a service: two worker threads.

@@ -302,11 +302,8 @@ fn check_validates_the_pair_names_the_key_and_line_and_warns_before_expiry() {
     assert!(out.contains("upstream.tls = true"), "{out}");
 }
 
-#[tokio::test]
-async fn http2_requests_reach_an_http1_upstream_with_host_and_without_the_token() {
-    let up = Recorder::start().await;
-    let ca = ca("h2 CA");
-    let (gw, _) = tls_gateway(GatewayConfig::hs256(up.addr), &leaf(&ca, 5, NINETY_DAYS)).await;
+/// An HTTP/2 connection to a TLS gateway (ALPN `h2`), driven by a task of its own.
+async fn h2_connect(gw: &Gateway, ca: &TestCa) -> h2::client::SendRequest<axum::body::Bytes> {
     let stream = tls::connect(gw.addr, tls::client_config(&ca.pem, &["h2"]))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -315,6 +312,15 @@ async fn http2_requests_reach_an_http1_upstream_with_host_and_without_the_token(
         .await
         .unwrap_or_else(|e| panic!("h2 handshake: {e}"));
     tokio::spawn(connection);
+    client
+}
+
+#[tokio::test]
+async fn http2_requests_reach_an_http1_upstream_with_host_and_without_the_token() {
+    let up = Recorder::start().await;
+    let ca = ca("h2 CA");
+    let (gw, _) = tls_gateway(GatewayConfig::hs256(up.addr), &leaf(&ca, 5, NINETY_DAYS)).await;
+    let client = h2_connect(&gw, &ca).await;
     let mut client = client.ready().await.unwrap_or_else(|e| panic!("{e}"));
     let authority = format!("127.0.0.1:{}", gw.addr.port());
     let token = tokens::valid("alice");
@@ -335,4 +341,149 @@ async fn http2_requests_reach_an_http1_upstream_with_host_and_without_the_token(
     assert_eq!(seen[0].one("host"), Some(authority.as_str()), "{seen:?}");
     assert_eq!(seen[0].one("x-auth-user"), Some("alice"));
     assert_eq!(seen[0].target, "/socket.io/?EIO=4&transport=polling");
+}
+
+/// One HTTP/2 request on `client` (its body, when given, in its own DATA frame, with a
+/// `content-length` when `length`): the status, the fields and the body of the answer.
+async fn h2_exchange(
+    client: &h2::client::SendRequest<axum::body::Bytes>,
+    request: http::request::Builder,
+    body: Option<(&'static str, bool)>,
+) -> (u16, http::HeaderMap, String) {
+    let mut send = client
+        .clone()
+        .ready()
+        .await
+        .unwrap_or_else(|e| panic!("h2 not ready: {e}"));
+    let request = match body {
+        Some((b, true)) => request.header("content-length", b.len()),
+        _ => request,
+    };
+    let request = request.body(()).unwrap_or_else(|e| panic!("{e}"));
+    let (answer, mut stream) = send
+        .send_request(request, body.is_none())
+        .unwrap_or_else(|e| panic!("send_request: {e}"));
+    if let Some((b, _)) = body {
+        stream
+            .send_data(axum::body::Bytes::from_static(b.as_bytes()), true)
+            .unwrap_or_else(|e| panic!("send_data: {e}"));
+    }
+    let answer = answer.await.unwrap_or_else(|e| panic!("h2 answer: {e}"));
+    let (head, mut body) = answer.into_parts();
+    let mut out = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap_or_else(|e| panic!("h2 body: {e}"));
+        let _ = body.flow_control().release_capacity(chunk.len());
+        out.extend_from_slice(&chunk);
+    }
+    (
+        head.status.as_u16(),
+        head.headers,
+        String::from_utf8_lossy(&out).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn http2_requests_share_the_gateways_upstream_pool_and_http1s_refusals() {
+    // Answers chunked (to a GET) or by length (to a POST, a HEAD), with a hop-by-hop field: the
+    // HTTP/2 client gets the body in DATA frames and none of the HTTP/1 framing.
+    let up = tests::raw_upstream::RawUpstream::scripted(|seen| {
+        let body = format!("{} {}", seen.method, String::from_utf8_lossy(&seen.body));
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nKeep-Alive: timeout=5\r\n";
+        tests::raw_upstream::Reply::keep(if seen.method == "HEAD" {
+            format!("{head}Content-Length: 5\r\n\r\n")
+        } else if seen.method == "GET" {
+            let n = body.len();
+            format!("{head}Transfer-Encoding: chunked\r\n\r\n{n:x}\r\n{body}\r\n0\r\n\r\n")
+        } else {
+            format!("{head}Content-Length: {}\r\n\r\n{body}", body.len())
+        })
+    })
+    .await;
+    let ca = ca("h2 pool CA");
+    let (gw, _) = tls_gateway(GatewayConfig::hs256(up.addr), &leaf(&ca, 6, NINETY_DAYS)).await;
+    let client = h2_connect(&gw, &ca).await;
+    let authority = format!("127.0.0.1:{}", gw.addr.port());
+    let token = tokens::valid("alice");
+    let uri = |target: &str| format!("https://{authority}{target}");
+
+    // Alice's requests, one after the other: one upstream connection carries them all.
+    let requests = [
+        ("GET", None),
+        ("GET", None),
+        ("POST", Some(("by length", true))),
+        ("POST", Some(("in chunks", false))),
+    ];
+    for (i, (method, body)) in requests.iter().enumerate() {
+        let request = http::Request::builder()
+            .method(*method)
+            .uri(uri(&format!("/socket.io/x?i={i}&token={token}")));
+        let (status, fields, text) = h2_exchange(&client, request, *body).await;
+        assert_eq!(status, 200, "{method} {i}: {text}");
+        let sent = body.map_or("", |(b, _)| b);
+        assert_eq!(text, format!("{method} {sent}"));
+        assert!(fields.get("keep-alive").is_none(), "{fields:?}");
+        assert_eq!(
+            fields.get("content-type").map(|v| v.as_bytes()),
+            Some(&b"text/plain"[..])
+        );
+    }
+    let seen = up.seen();
+    assert_eq!(seen.len(), requests.len(), "{seen:?}");
+    assert_eq!(
+        up.accepted(),
+        1,
+        "alice's HTTP/2 requests were not carried on one kept-alive upstream connection"
+    );
+    for (i, s) in seen.iter().enumerate() {
+        assert_eq!(s.conn, 0);
+        assert_eq!(
+            s.target,
+            format!("/socket.io/x?i={i}"),
+            "the token went upstream"
+        );
+        assert_eq!(s.all("host"), [authority.as_str()]);
+        assert_eq!(s.all("x-auth-user"), ["alice"]);
+    }
+    assert!(!seen[2].chunked && seen[2].all("content-length") == ["9"]);
+    assert!(seen[3].chunked && seen[3].body == b"in chunks");
+    // A HEAD: no body, the upstream's length of the representation kept (RFC 9110 8.6).
+    let request = http::Request::head(uri(&format!("/socket.io/x?i=4&token={token}")));
+    let (status, fields, text) = h2_exchange(&client, request, None).await;
+    assert_eq!((status, text.as_str()), (200, ""));
+    let length = fields.get("content-length").map(|v| v.as_bytes());
+    assert_eq!(length, Some(&b"5"[..]), "{fields:?}");
+
+    // The gateway's own pool, whose connections carry one identity each and serve both
+    // protocols: bob's request gets a connection of its own; alice's next request,
+    // over HTTP/1.1, gets hers again.
+    let bob = tokens::valid("bob");
+    let request = http::Request::get(uri(&format!("/socket.io/x?i=5&token={bob}")));
+    let (status, _, text) = h2_exchange(&client, request, None).await;
+    assert_eq!((status, text.as_str()), (200, "GET "));
+    let h1_config = tls::client_config(&ca.pem, &["http/1.1"]);
+    let target = format!("/socket.io/x?i=6&token={token}");
+    let h1 = tls::get(gw.addr, h1_config.clone(), &target).await;
+    assert_eq!((h1.status, h1.text()), (200, "GET ".to_string()));
+    let conns: Vec<usize> = up.seen().iter().map(|s| s.conn).collect();
+    assert_eq!(
+        conns,
+        [0, 0, 0, 0, 0, 1, 0],
+        "upstream connection of each request"
+    );
+    assert_eq!(up.seen()[5].all("x-auth-user"), ["bob"]);
+
+    // A refusal: the same status, fields and body as over HTTP/1.1, nothing upstream.
+    let bad = "/socket.io/x?token=not-a-token";
+    let (status, fields, text) = h2_exchange(&client, http::Request::get(uri(bad)), None).await;
+    let h1 = tls::get(gw.addr, h1_config, bad).await;
+    assert_eq!(status, 401, "{text}");
+    assert_eq!(status, h1.status);
+    assert_eq!(text, h1.text());
+    for name in ["content-type", "www-authenticate", "cache-control"] {
+        let h2_value = fields.get(name).and_then(|v| v.to_str().ok());
+        assert_eq!(h2_value, h1.header(name), "{name}");
+    }
+    assert_eq!(up.seen().len(), conns.len());
+    assert_eq!(up.accepted(), 2);
 }
