@@ -2,7 +2,7 @@
 //! (docs/request-handling.md "What the gateway does to a request"), carried by the
 //! gateway's own code: the head was read and parsed once ([`crate::head`]); the
 //! request is **decided** once ([`Gateway::authenticate`]); a refusal is **answered**
-//! with bytes rendered by [`Answer::render`]; anything else is **forwarded**: the
+//! with bytes rendered at start-up ([`Answer::write`]); anything else is **forwarded**: the
 //! rewritten head written once (hop-by-hop fields dropped, identity set last), the
 //! body relayed by its framing ([`crate::body`]), the upstream's answer head read
 //! strictly ([`crate::response_head`]) and its body relayed by its own framing, the
@@ -153,12 +153,11 @@ pub(crate) async fn answer_it(
     }
     ctx.status = answer.status;
     let origin = req.headers.get(header::ORIGIN);
-    let bytes = answer.render(
-        origin,
-        &gw.settings().auth.cors_origins,
-        connection_field(ctx),
-    );
-    if conn.write_all(&bytes).await.is_err() || conn.flush().await.is_err() {
+    let cors = &gw.settings().auth.cors_origins;
+    let written = answer
+        .write(conn, origin, cors, connection_field(ctx))
+        .await;
+    if written.is_err() || conn.flush().await.is_err() {
         ctx.keep_alive = false;
     }
 }

@@ -22,6 +22,7 @@ use crate::failures::FailureLimit;
 use crate::logging::Redactor;
 use crate::metrics::Metrics;
 use crate::path::{Access, normalize};
+use crate::refusal::refusals;
 use crate::request::{self, IdentityNames, join_target, split_target};
 use crate::sealed_sid::Session;
 use crate::socketio::Refusals;
@@ -105,6 +106,7 @@ impl Gateway {
         metrics: Metrics,
         upstreams: Upstreams,
     ) -> Self {
+        crate::answers::prepare();
         Gateway {
             upstreams,
             metrics,
@@ -275,16 +277,10 @@ impl Gateway {
             return Ok(None);
         };
         let Some(session) = self.settings.auth.sid_seal.open(sid) else {
-            return Err(AuthError::new(
-                ErrorCode::UnknownSession,
-                "this Engine.IO session was not opened through the gateway",
-            ));
+            return Err(refusals::UNKNOWN_SESSION);
         };
         if session.user != verified.user.as_bytes() {
-            return Err(AuthError::new(
-                ErrorCode::SessionMismatch,
-                "this Engine.IO session belongs to another user",
-            ));
+            return Err(refusals::SESSION_MISMATCH);
         }
         Ok(Some(session))
     }
@@ -314,19 +310,13 @@ impl Gateway {
         let sources = &self.settings.auth.token_sources;
         let found = match token::extract(sources, &req.headers, query.unwrap_or_default()) {
             Ok(Some(found)) => found,
-            Ok(None) => {
-                let err = AuthError::new(ErrorCode::MissingToken, "no token was presented");
-                return Err(NotVerified::Refused(err));
-            }
+            Ok(None) => return Err(NotVerified::Refused(refusals::NO_TOKEN)),
             Err(e) => {
-                let reason = match e {
-                    token::ExtractError::Duplicate => "the token was given more than once",
-                    token::ExtractError::NotText => "the token is not valid text",
+                let err = match e {
+                    token::ExtractError::Duplicate => refusals::DUPLICATE,
+                    token::ExtractError::NotText => refusals::NOT_TEXT,
                 };
-                return Err(NotVerified::Refused(AuthError::new(
-                    ErrorCode::MalformedToken,
-                    reason,
-                )));
+                return Err(NotVerified::Refused(err));
             }
         };
         if !self.settings.auth.keys.available() {

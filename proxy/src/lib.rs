@@ -63,6 +63,7 @@
 //! - [`logging`]: `RUST_LOG` tracing with token redaction at the sink.
 //! - [`memory`]: returning freed memory to the system after bursts.
 
+pub mod answers;
 pub mod app;
 pub mod assertion;
 pub mod body;

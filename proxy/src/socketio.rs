@@ -145,13 +145,8 @@ where
     F: std::future::Future<Output = Option<Vec<u8>>>,
 {
     const TEXT: &str = "text/plain; charset=UTF-8";
-    let plain = |status: u16, content_type: &'static str, body: Bytes| Answer {
-        status,
-        content_type,
-        header: None,
-        body,
-        outcome: Outcome::Rejected(err.code),
-        socketio: None,
+    let plain = |status: u16, content_type: &'static str, body: Bytes| {
+        Answer::plain(status, content_type, body, Outcome::Rejected(err.code))
     };
     match kind {
         EngineRequest::PollingHandshake => {

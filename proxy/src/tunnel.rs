@@ -409,8 +409,8 @@ async fn write_answer(
     req: Option<&RequestHeader>,
 ) -> io::Result<()> {
     let origin = req.and_then(|r| r.headers.get(header::ORIGIN));
-    let bytes = answer.render(origin, &gw.settings().auth.cors_origins, Some("close"));
-    conn.write_all(&bytes).await?;
+    let cors = &gw.settings().auth.cors_origins;
+    answer.write(conn, origin, cors, Some("close")).await?;
     conn.flush().await
 }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::keys::KeySet;
-use crate::verify::{AuthError, Rules, Verified, check_time, verify};
+use crate::verify::{AuthError, Rules, Verified, check_time, verify, verify_but_time};
 
 /// A verified token, remembered with the key set it was verified with.
 #[derive(Debug)]
@@ -14,9 +14,9 @@ struct Cached {
 }
 
 /// Verification with a bounded cache of tokens that verified: a token seen again (every
-/// poll of a session carries the same one) skips decoding and the signature check, but
-/// `exp`/`nbf` are checked on every use, so the cache never extends a token's life; a
-/// key reload voids every entry. Keys are the whole token, compared in full.
+/// poll of a session carries the same one, and a client retrying with an expired token
+/// too) skips decoding and the signature check, but `exp`/`nbf` are checked on every
+/// use, so the cache never extends a token's life; a key reload voids every entry. Keys are the whole token, compared in full.
 #[derive(Debug)]
 pub struct Verifier {
     rules: Rules,
@@ -50,7 +50,9 @@ impl Verifier {
                 }
             }
         }
-        let verified = verify(&self.rules, keys, token, now)?;
+        // Remembered before its time is checked: a client retrying with an expired
+        // token is refused from the cache, without another signature check.
+        let verified = verify_but_time(&self.rules, keys, token, now)?;
         cache.insert(
             token.into(),
             Arc::new(Cached {
@@ -58,6 +60,7 @@ impl Verifier {
                 verified: verified.clone(),
             }),
         );
+        check_time(&self.rules, verified.exp, verified.nbf, now)?;
         Ok(verified)
     }
 }

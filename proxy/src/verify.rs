@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::keys::{KeySet, SelectError};
+use crate::refusal::refusals::*;
 pub use crate::refusal::{AuthError, ErrorCode};
 
 /// What a valid token tells the upstream.
@@ -76,12 +77,6 @@ struct RawHeader {
     crit: Option<Value>,
 }
 
-const MALFORMED: &str = "the token is not a well-formed JWT";
-
-fn malformed(reason: &'static str) -> AuthError {
-    AuthError::new(ErrorCode::MalformedToken, reason)
-}
-
 fn claim_at<'a>(claims: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
     let (first, rest) = path.split_first()?;
     let mut v = claims.get(first)?;
@@ -94,63 +89,59 @@ fn claim_at<'a>(claims: &'a Map<String, Value>, path: &[String]) -> Option<&'a V
 fn numeric_date(
     claims: &Map<String, Value>,
     name: &str,
-    not_number: &'static str,
+    not_number: AuthError,
 ) -> Result<Option<f64>, AuthError> {
     match claims.get(name) {
         None => Ok(None),
-        Some(v) => v.as_f64().map(Some).ok_or_else(|| malformed(not_number)),
+        Some(v) => v.as_f64().map(Some).ok_or(not_number),
     }
 }
 
 /// Verifies `token` with `keys` at time `now` (seconds since the epoch).
 pub fn verify(rules: &Rules, keys: &KeySet, token: &str, now: f64) -> Result<Verified, AuthError> {
+    let verified = verify_but_time(rules, keys, token, now)?;
+    check_time(rules, verified.exp, verified.nbf, now)?;
+    Ok(verified)
+}
+
+/// [`verify`] but for `exp` and `nbf`, which the caller checks on every use of the
+/// result (`check_time`): a token that verified this way may be remembered
+/// (`auth.verify_cache`) even once expired, so that a client retrying with its stale
+/// token costs no signature check. `now` only orders the refusals: a token refused
+/// for a claim while its time is also wrong is refused for its time, as [`verify`]
+/// always did.
+pub fn verify_but_time(
+    rules: &Rules,
+    keys: &KeySet,
+    token: &str,
+    now: f64,
+) -> Result<Verified, AuthError> {
     if token.len() > rules.max_token_bytes {
-        return Err(AuthError::new(
-            ErrorCode::TokenTooLarge,
-            "the token is larger than the gateway accepts",
-        ));
+        return Err(TOO_LARGE);
     }
     let mut parts = token.split('.');
     let (Some(h64), Some(p64), Some(sig), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(malformed(MALFORMED));
+        return Err(MALFORMED);
     };
-    let header_json = URL_SAFE_NO_PAD
-        .decode(h64)
-        .map_err(|_| malformed(MALFORMED))?;
-    let header: RawHeader =
-        serde_json::from_slice(&header_json).map_err(|_| malformed(MALFORMED))?;
+    let header_json = URL_SAFE_NO_PAD.decode(h64).map_err(|_| MALFORMED)?;
+    let header: RawHeader = serde_json::from_slice(&header_json).map_err(|_| MALFORMED)?;
     if header.crit.is_some() {
-        return Err(malformed(
-            "the token header names critical extensions the gateway does not support",
-        ));
+        return Err(CRIT);
     }
     if let Some(required) = &rules.required_typ {
         if header.typ.as_deref().map(media_type).as_ref() != Some(required) {
-            return Err(malformed("the token type (typ) is not the one required"));
+            return Err(TYP);
         }
     }
-    let alg = header
-        .alg
-        .as_deref()
-        .ok_or_else(|| malformed("the token header has no alg"))?;
-    let alg = Algorithm::from_str(alg).map_err(|_| {
-        AuthError::new(
-            ErrorCode::AlgorithmNotAllowed,
-            "the token algorithm is not allowed",
-        )
-    })?;
+    let alg = header.alg.as_deref().ok_or(NO_ALG)?;
+    let alg = Algorithm::from_str(alg).map_err(|_| ALG)?;
     let candidates = keys
         .select(header.kid.as_deref(), alg)
         .map_err(|e| match e {
-            SelectError::UnknownKey(_) => {
-                AuthError::new(ErrorCode::UnknownKey, "no configured key matches the token")
-            }
-            SelectError::WrongFamily(_) => AuthError::new(
-                ErrorCode::AlgorithmNotAllowed,
-                "the token algorithm is not allowed",
-            ),
+            SelectError::UnknownKey(_) => NO_KEY,
+            SelectError::WrongFamily(_) => ALG,
         })?;
 
     let message_len = h64.len() + 1 + p64.len();
@@ -165,98 +156,75 @@ pub fn verify(rules: &Rules, keys: &KeySet, token: &str, now: f64) -> Result<Ver
             Ok(false) => {}
             Err(e) => {
                 if let jsonwebtoken::errors::ErrorKind::Base64(_) = e.kind() {
-                    return Err(malformed(MALFORMED));
+                    return Err(MALFORMED);
                 }
             }
         }
     }
     if !valid {
-        return Err(AuthError::new(
-            ErrorCode::InvalidSignature,
-            "the token signature is invalid",
-        ));
+        return Err(SIGNATURE);
     }
 
-    let payload = URL_SAFE_NO_PAD
-        .decode(p64)
-        .map_err(|_| malformed(MALFORMED))?;
-    let claims: Map<String, Value> = serde_json::from_slice(&payload)
-        .map_err(|_| malformed("the token claims are not a JSON object"))?;
+    let payload = URL_SAFE_NO_PAD.decode(p64).map_err(|_| MALFORMED)?;
+    let claims: Map<String, Value> = serde_json::from_slice(&payload).map_err(|_| CLAIMS)?;
     check_claims(rules, &claims, now)
 }
 
+/// The registered claims but time, then the identity: a refusal for a claim gives way
+/// to the refusal for the token's time, checked first as the claims are read.
 fn check_claims(
     rules: &Rules,
     claims: &Map<String, Value>,
     now: f64,
 ) -> Result<Verified, AuthError> {
-    let exp = numeric_date(claims, "exp", "the exp claim is not a number")?;
-    let nbf = numeric_date(claims, "nbf", "the nbf claim is not a number")?;
-    numeric_date(claims, "iat", "the iat claim is not a number")?;
+    let exp = numeric_date(claims, "exp", EXP_TYPE)?;
+    let nbf = numeric_date(claims, "nbf", NBF_TYPE)?;
+    numeric_date(claims, "iat", IAT_TYPE)?;
     if exp.is_none() && rules.require_exp {
-        return Err(AuthError::new(
-            ErrorCode::MissingClaim,
-            "the token has no exp claim",
-        ));
+        return Err(NO_EXP);
     }
-    check_time(rules, exp, nbf, now)?;
+    identity(rules, claims, exp, nbf).map_err(|refused| match check_time(rules, exp, nbf, now) {
+        Err(time) => time,
+        Ok(()) => refused,
+    })
+}
+
+/// `iss`, `aud`, the user and the forwarded claims of a token.
+fn identity(
+    rules: &Rules,
+    claims: &Map<String, Value>,
+    exp: Option<f64>,
+    nbf: Option<f64>,
+) -> Result<Verified, AuthError> {
     if let Some(want) = &rules.issuer {
         match claims.get("iss") {
-            None => {
-                return Err(AuthError::new(
-                    ErrorCode::MissingClaim,
-                    "the token has no iss claim",
-                ));
-            }
+            None => return Err(NO_ISS),
             Some(Value::String(iss)) if iss == want => {}
-            Some(_) => {
-                return Err(AuthError::new(
-                    ErrorCode::InvalidIssuer,
-                    "the token issuer is not accepted",
-                ));
-            }
+            Some(_) => return Err(ISSUER),
         }
     }
     if let Some(want) = &rules.audience {
         let ok = match claims.get("aud") {
-            None => {
-                return Err(AuthError::new(
-                    ErrorCode::MissingClaim,
-                    "the token has no aud claim",
-                ));
-            }
+            None => return Err(NO_AUD),
             Some(Value::String(aud)) => aud == want,
             Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(want)),
             Some(_) => false,
         };
         if !ok {
-            return Err(AuthError::new(
-                ErrorCode::InvalidAudience,
-                "the token audience is not accepted",
-            ));
+            return Err(AUDIENCE);
         }
     }
     let user = match claim_at(claims, &rules.user_claim) {
-        None => {
-            return Err(AuthError::new(
-                ErrorCode::MissingClaim,
-                "the token has no user claim",
-            ));
-        }
+        None => return Err(NO_USER),
         // An empty user would reach the upstream as an empty identity header.
-        Some(Value::String(s)) if s.trim().is_empty() => {
-            return Err(AuthError::new(
-                ErrorCode::MissingClaim,
-                "the token's user claim is empty",
-            ));
-        }
+        Some(Value::String(s)) if s.trim().is_empty() => return Err(EMPTY_USER),
         // Header parsers trim values: "alice " would arrive as "alice".
         Some(Value::String(s)) if s.trim() != s => Err(()),
         Some(Value::String(s)) => HeaderValue::from_str(s).map_err(|_| ()),
         Some(Value::Number(n)) => HeaderValue::from_str(&n.to_string()).map_err(|_| ()),
-        Some(_) => return Err(malformed("the user claim is not a string or a number")),
+        Some(_) => return Err(USER_TYPE),
     }
-    .map_err(|()| malformed("the user claim cannot be sent in a header"))?;
+    .map_err(|()| USER_HEADER)?;
     let mut forwarded = Vec::with_capacity(rules.forward_claims.len());
     for (path, header) in &rules.forward_claims {
         if let Some(v) = claim_at(claims, path) {
@@ -264,7 +232,7 @@ fn check_claims(
                 Value::String(s) => HeaderValue::from_str(s),
                 other => HeaderValue::from_str(&other.to_string()),
             }
-            .map_err(|_| malformed("a forwarded claim cannot be sent in a header"))?;
+            .map_err(|_| FORWARDED_HEADER)?;
             forwarded.push((header.clone(), text));
         }
     }
@@ -284,25 +252,16 @@ pub(crate) fn check_time(
     now: f64,
 ) -> Result<(), AuthError> {
     if exp.is_some_and(|exp| now >= exp + rules.leeway) {
-        return Err(AuthError::new(
-            ErrorCode::TokenExpired,
-            "the token has expired",
-        ));
+        return Err(EXPIRED);
     }
     if nbf.is_some_and(|nbf| now + rules.leeway < nbf) {
-        return Err(AuthError::new(
-            ErrorCode::TokenNotYetValid,
-            "the token is not valid yet",
-        ));
+        return Err(NOT_YET);
     }
     let too_long = |exp: f64| {
         !exp.is_finite() || exp > LAST_EXP || rules.max_lifetime.is_some_and(|m| exp - now > m)
     };
     if exp.is_some_and(too_long) {
-        return Err(AuthError::new(
-            ErrorCode::TokenLifetime,
-            "the token lives longer than the gateway allows",
-        ));
+        return Err(LIFETIME);
     }
     Ok(())
 }
@@ -326,9 +285,45 @@ mod tests {
         }
     }
 
+    /// The claims, then time, as [`verify`] checks them after the signature.
+    fn checked(
+        rules: &Rules,
+        claims: &Map<String, Value>,
+        now: f64,
+    ) -> Result<Verified, AuthError> {
+        let verified = check_claims(rules, claims, now)?;
+        check_time(rules, verified.exp, verified.nbf, now)?;
+        Ok(verified)
+    }
+
     fn check(v: Value) -> Result<Verified, ErrorCode> {
         let map = v.as_object().cloned().unwrap_or_default();
-        check_claims(&rules(), &map, 1000.0).map_err(|e| e.code)
+        checked(&rules(), &map, 1000.0).map_err(|e| e.code)
+    }
+
+    #[test]
+    fn a_token_wrong_in_time_and_in_a_claim_is_refused_for_its_time() {
+        let cases = [
+            (
+                json!({"exp": 995, "iss": "other", "aud": "you", "user": {"name": "a"}}),
+                ErrorCode::TokenExpired,
+            ),
+            (
+                json!({"exp": 995, "iss": "me", "aud": "x", "user": {"name": "a"}}),
+                ErrorCode::TokenExpired,
+            ),
+            (
+                json!({"exp": 2000, "nbf": 1006, "iss": "me", "aud": "you"}),
+                ErrorCode::TokenNotYetValid,
+            ),
+            (
+                json!({"exp": 9000, "iss": "me", "aud": "you", "user": {"name": ""}}),
+                ErrorCode::TokenLifetime,
+            ),
+        ];
+        for (claims, code) in cases {
+            assert_eq!(check(claims.clone()).err(), Some(code), "{claims}");
+        }
     }
 
     #[test]
@@ -431,10 +426,10 @@ mod tests {
         };
         let mut far = base.as_object().cloned().unwrap_or_default();
         far.insert("exp".into(), json!(LAST_EXP));
-        assert!(check_claims(&unlimited, &far, 1000.0).is_ok());
+        assert!(checked(&unlimited, &far, 1000.0).is_ok());
         far.insert("exp".into(), json!(LAST_EXP + 1.0));
         assert_eq!(
-            check_claims(&unlimited, &far, 1000.0).err().map(|e| e.code),
+            checked(&unlimited, &far, 1000.0).err().map(|e| e.code),
             Some(ErrorCode::TokenLifetime)
         );
     }

@@ -189,6 +189,32 @@ fn a_token_signed_with_another_secret_is_invalid_signature() {
     assert_eq!(body["error"], "invalid_signature", "{body}");
 }
 
+/// The verification cache remembers a well-signed token before its time is checked
+/// (a client retrying with its stale token costs no signature check), and checks its
+/// time on every use: an expired token is refused every time, and a token whose other
+/// claims are wrong too is still refused for its time.
+#[test]
+fn an_expired_token_is_refused_every_time_also_once_remembered() {
+    let gw = gateway();
+    let key = EncodingKey::from_secret(SECRET.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let sign = |claims: serde_json::Value| {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let expired = sign(serde_json::json!({ "sub": "alice", "exp": 1_000_000 }));
+    let expired_without_user = sign(serde_json::json!({ "exp": 1_000_000 }));
+    for token in [&expired, &expired_without_user] {
+        for round in 0..3 {
+            let target = format!("/socket.io/?EIO=4&transport=polling&token={token}");
+            let a = answered(decide(&gw, &mut request(&target, &[])));
+            assert_eq!(a.status, 401, "round {round}");
+            let expected = Outcome::Rejected(ErrorCode::TokenExpired);
+            assert_eq!(a.outcome, expected, "round {round}");
+            assert!(a.is_fixed(), "round {round}: rendered at start-up");
+        }
+    }
+}
+
 #[test]
 fn a_connection_header_naming_the_identity_header_is_400() {
     let gw = gateway();

@@ -7,8 +7,8 @@
 //! computed round by round, then their median reported.
 //!
 //! `GATEWAY_VARIANTS="label=/path/to/proxy,..."` adds other builds of the gateway (e.g.
-//! another global allocator) to the "valid HS256 c=50", "no token" and upstream-demo
-//! handshake scenarios.
+//! another global allocator, or the previous commit) to the "valid HS256 c=50", the
+//! three rejection and the upstream-demo handshake scenarios.
 //!
 //! Run it with `bench/run` (builds first, checks the tools).
 
@@ -197,12 +197,10 @@ async fn main() {
             query,
             expect: 401,
             conns: 50,
-            systems: if what == "no token" {
+            systems: {
                 let mut v = vec![&gw, &ha];
                 v.extend(variants.iter().map(|(t, _)| t));
                 v
-            } else {
-                vec![&gw, &ha]
             },
         });
     }
