@@ -69,7 +69,12 @@ pub async fn serve(gw: &Gateway, pool: &Pool, conn: &mut Conn, head: Head, drain
         http10,
     };
     let client = conn.peer_addr().map(|a| a.ip());
-    match gw.authenticate(&mut req, client) {
+    // A refresh for a session held at another gateway of the cluster asks Redis.
+    let decided = match crate::refresh::clustered(gw, &req, client).await {
+        Some(answer) => Ok(Decision::Answer(answer)),
+        None => gw.authenticate(&mut req, client),
+    };
+    match decided {
         Ok(Decision::Answer(answer)) => answer_it(gw, conn, &req, framing, answer, &mut ctx).await,
         Ok(Decision::Forward(f)) => forward(gw, pool, conn, &mut req, framing, f, &mut ctx).await,
         Err(e) => {

@@ -29,6 +29,11 @@ pub struct Verified {
     pub forwarded: Vec<(HeaderName, HeaderValue)>,
     /// `exp` in seconds since the epoch, for `close_on_expiry`.
     pub exp: Option<f64>,
+    /// `iat` in seconds since the epoch: an `issued_before` revocation matches it.
+    pub iat: Option<f64>,
+    /// `jti` (a string claim; another type is not an id): a revocation by id matches
+    /// it. Shared, since a cached verification is cloned for every request.
+    pub jti: Option<std::sync::Arc<str>>,
 }
 
 /// The claim rules, fixed at start-up.
@@ -192,7 +197,7 @@ fn check_claims(
 ) -> Result<Verified, AuthError> {
     let exp = numeric_date(claims, "exp", "the exp claim is not a number")?;
     let nbf = numeric_date(claims, "nbf", "the nbf claim is not a number")?;
-    numeric_date(claims, "iat", "the iat claim is not a number")?;
+    let iat = numeric_date(claims, "iat", "the iat claim is not a number")?;
     if exp.is_none() && rules.require_exp {
         return Err(AuthError::new(
             ErrorCode::MissingClaim,
@@ -268,11 +273,17 @@ fn check_claims(
             forwarded.push((header.clone(), text));
         }
     }
+    let jti = match claims.get("jti") {
+        Some(Value::String(s)) => Some(std::sync::Arc::from(s.as_str())),
+        _ => None,
+    };
     Ok(Verified {
         nbf,
         user,
         forwarded,
         exp,
+        iat,
+        jti,
     })
 }
 
