@@ -4,7 +4,7 @@
 //! and config.toml are checked against), its checks and its runtime settings:
 //! `[proxy]` and `[proxy.tls]` in `proxy.rs`, `[upstream]` in `upstream.rs`, `[auth]`
 //! in `auth.rs` with its key sources in `key_source.rs`, `[assertion]` in
-//! `assertion.rs`. `[demo]` belongs to upstream-demo and is not read here.
+//! `assertion.rs`, `[cluster]` in `cluster.rs`. `[demo]` belongs to upstream-demo and is not read here.
 //!
 //! This module holds what ties them together. Parsing ([`Config::parse`], in
 //! `parse.rs`) turns the text into the structs; unknown keys and bad types are
@@ -17,6 +17,7 @@
 
 mod assertion;
 mod auth;
+mod cluster;
 mod key_source;
 mod parse;
 mod proxy;
@@ -25,6 +26,7 @@ mod values;
 
 pub use assertion::AssertionConfig;
 pub use auth::{AuthConfig, AuthSettings, RejectWith};
+pub use cluster::{ClusterConfig, ClusterSettings};
 pub use parse::{ConfigErrors, KeyLines, Problem};
 pub use proxy::{ProxyConfig, ProxySettings, ProxyTls, ProxyTlsConfig};
 pub use upstream::{Sticky, UpstreamConfig, UpstreamSettings};
@@ -56,6 +58,9 @@ pub struct Config {
     /// Optional signed identity assertion for the upstream.
     #[serde(default)]
     pub assertion: Option<AssertionConfig>,
+    /// Optional Redis shared by several gateways (refreshes, revocations).
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// The validated configuration the gateway runs with, by section.
@@ -69,6 +74,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// `[assertion]`, when configured.
     pub assertion: Option<Asserter>,
+    /// `[cluster]`, when configured.
+    pub cluster: Option<ClusterSettings>,
 }
 
 impl Settings {
@@ -94,6 +101,7 @@ impl Config {
             .assertion
             .as_ref()
             .and_then(|a| a.validate(user_header.as_ref(), &mut v, base_dir));
+        let cluster = self.cluster.as_ref().and_then(|c| c.validate(&mut v));
         let problems = v.into_list();
         match (proxy, upstream, auth) {
             (Some(proxy), Some(upstream), Some(auth)) if problems.is_empty() => Ok(Settings {
@@ -101,6 +109,7 @@ impl Config {
                 upstream,
                 auth,
                 assertion,
+                cluster,
             }),
             _ if !problems.is_empty() => Err(problems),
             _ => Err(vec![Problem {

@@ -52,6 +52,8 @@ pub struct Forward {
     /// When an upgraded connection must be closed (`exp + leeway`), seconds since the
     /// epoch (`close_on_expiry`).
     pub close_at: Option<f64>,
+    /// An upgrade's token, for the registry of open WebSockets (refresh, revocation).
+    pub live: Option<crate::live_sockets::LiveToken>,
     /// Hash of the sticky key, with several servers.
     pub sticky: u64,
     /// An authenticated handshake (polling, or WebSocket-only), whose answer's open

@@ -80,7 +80,12 @@ pub async fn serve(
     // 9110 7.8), so the request is decided and forwarded as if it had none.
     req.remove_header(&header::UPGRADE);
     let client = conn.peer_addr().map(|a| a.ip());
-    match gw.authenticate(&mut req, client) {
+    // A refresh for a session held at another gateway of the cluster asks Redis.
+    let decided = match crate::refresh::clustered(gw, &req, client).await {
+        Some(answer) => Ok(Decision::Answer(answer)),
+        None => gw.authenticate(&mut req, client),
+    };
+    match decided {
         Ok(Decision::Answer(answer)) => answer_it(gw, conn, &req, framing, answer, &mut ctx).await,
         Ok(Decision::Forward(f)) => forward(gw, kept, conn, &mut req, framing, f, &mut ctx).await,
         Err(e) => {

@@ -19,11 +19,13 @@ use crate::decision::{Answer, Decision, Forward, Outcome};
 use crate::dial::Dialer;
 use crate::engineio::{EngineQuery, Handshake};
 use crate::failures::FailureLimit;
+use crate::live_sockets::{LiveSockets, LiveToken, SessionKey};
 use crate::logging::Redactor;
 use crate::metrics::Metrics;
 use crate::path::{Access, normalize};
 use crate::refusal::refusals;
 use crate::request::{self, IdentityNames, join_target, split_target};
+use crate::revocation::{Revocations, TokenFacts};
 use crate::sealed_sid::Session;
 use crate::socketio::Refusals;
 use crate::token::{self, Found, TokenSource};
@@ -77,6 +79,12 @@ pub struct Gateway {
     identity_names: IdentityNames,
     /// Connects to the upstream servers (`upstream.max_connecting`, `upstream.retries`).
     dialer: Dialer,
+    /// The WebSockets open here, which refreshes extend and revocations close.
+    live: Arc<LiveSockets>,
+    /// The revocation entries in force.
+    revocations: Arc<Revocations>,
+    /// `[cluster]`, when configured.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Seconds since the epoch.
@@ -87,7 +95,7 @@ pub fn now_secs() -> f64 {
 }
 
 /// Why no verified token.
-enum NotVerified {
+pub(crate) enum NotVerified {
     /// Refused: counted as a failed authentication.
     Refused(AuthError),
     /// No `jwks_url` key set was fetched yet: `503`, not the client's failure.
@@ -115,6 +123,12 @@ impl Gateway {
             identity_names: IdentityNames::new(settings.identity_headers()),
             failures: FailureLimit::new(settings.auth.failure_limit),
             dialer: Dialer::new(&settings.upstream),
+            live: Arc::default(),
+            cluster: settings
+                .cluster
+                .as_ref()
+                .map(|c| Arc::new(crate::cluster::Cluster::new(c))),
+            revocations: Arc::new(crate::revocation_file::initial(&settings.auth)),
             settings,
             redactor,
             in_flight,
@@ -135,6 +149,48 @@ impl Gateway {
     /// The metrics it counts.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The WebSockets open here.
+    pub fn live(&self) -> &Arc<LiveSockets> {
+        &self.live
+    }
+
+    /// The revocation entries in force.
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
+    }
+
+    /// `[cluster]`, when configured.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// When a WebSocket whose token expires at `exp` is closed (`exp + leeway`, with
+    /// `close_on_expiry`).
+    pub fn close_at(&self, exp: Option<f64>) -> Option<f64> {
+        let leeway = self.verifier.rules().leeway;
+        self.settings
+            .auth
+            .close_on_expiry
+            .then(|| exp.map(|exp| exp + leeway))
+            .flatten()
+    }
+
+    /// Whether `client` is over `auth.failure_limit` (then counted once more).
+    pub(crate) fn failure_limited(&self, client: Option<IpAddr>) -> bool {
+        let over = self.failures.as_ref().is_some_and(|f| f.exceeded(client));
+        if over {
+            self.count_failure(client);
+        }
+        over
+    }
+
+    /// A failed authentication answered in HTTP's terms whatever `reject_with` says
+    /// (a refresh is no Engine.IO request).
+    pub(crate) fn refuse_plainly(&self, client: Option<IpAddr>, err: AuthError) -> Answer {
+        self.count_failure(client);
+        Answer::refusal(err, None)
     }
 
     /// The Engine.IO sessions refused in socket.io's terms.
@@ -182,6 +238,13 @@ impl Gateway {
         if let Some(answer) = self.own_answer(req, &path) {
             return Ok(Decision::Answer(answer));
         }
+        if *path == *self.settings.auth.refresh_path {
+            let step = crate::refresh::decide(self, req, query.unwrap_or_default(), client);
+            return Ok(Decision::Answer(match step {
+                crate::refresh::Step::Done(answer) => answer,
+                crate::refresh::Step::Elsewhere(_) => crate::refresh::unknown_session(self),
+            }));
+        }
         let path_changed = *path != *raw_path;
         if access == Access::Open || self.is_public_fetch(req, &path, &engine) {
             if path_changed {
@@ -191,6 +254,7 @@ impl Gateway {
                 outcome: Outcome::Public,
                 identity: Vec::new(),
                 close_at: None,
+                live: None,
                 sticky: self.upstreams.client_key(client),
                 handshake: None,
                 server: None,
@@ -210,6 +274,15 @@ impl Gateway {
                 return Ok(Decision::Answer(Answer::keys_unavailable()));
             }
         };
+        let facts = TokenFacts {
+            user: verified.user.as_bytes(),
+            jti: verified.jti.as_deref(),
+            iat: verified.iat,
+        };
+        if self.revocations.matches(&facts) {
+            let err = AuthError::new(ErrorCode::TokenRevoked, "the token has been revoked");
+            return Ok(self.refuse(req, &engine, client, err));
+        }
         let session = match self.session_of(&engine, &verified) {
             Ok(session) => session,
             Err(err) => return Ok(self.refuse(req, &engine, client, err)),
@@ -223,12 +296,20 @@ impl Gateway {
         let handshake = engine
             .is_handshake(&req.method)
             .then(|| Handshake::new(verified.user.clone(), engine.is_v4()));
-        let close_at = self
-            .settings
-            .auth
-            .close_on_expiry
-            .then(|| verified.exp.map(|exp| exp + self.verifier.rules().leeway))
-            .flatten();
+        let close_at = self.close_at(verified.exp);
+        // An upgrade's token, for the registry of open WebSockets: refreshed and
+        // revoked by it (docs/websockets.md, "Refresh and revocation").
+        let live = req
+            .headers
+            .contains_key(header::UPGRADE)
+            .then(|| LiveToken {
+                session: session
+                    .as_ref()
+                    .map(|s| SessionKey::of(s.sid.as_bytes(), s.server)),
+                user: verified.user.clone(),
+                jti: verified.jti.clone(),
+                iat: verified.iat,
+            });
         let identity = self.identity(verified)?;
         let strip = self.settings.auth.strip_token;
         let tokens: Vec<std::ops::Range<usize>> = if strip {
@@ -259,6 +340,7 @@ impl Gateway {
             outcome: Outcome::Allowed,
             identity,
             close_at,
+            live,
             sticky,
             handshake,
             server: session.and_then(|s| s.server),
@@ -302,7 +384,7 @@ impl Gateway {
     }
 
     /// The token of a protected request, found and verified.
-    fn verified_token<'r>(
+    pub(crate) fn verified_token<'r>(
         &self,
         req: &'r RequestHeader,
         query: Option<&'r [u8]>,

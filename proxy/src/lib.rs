@@ -53,6 +53,13 @@
 //! - [`open_frame`]: the first frame of a WebSocket-only session, read whole and
 //!   written again with the sealed `sid`.
 //! - [`relay`]: an open tunnel's bytes both ways, and the close at token expiry.
+//! - [`live_sockets`]: the WebSockets open here by Engine.IO session, each with the
+//!   handle a refresh moves and a revocation fires.
+//! - [`refresh`]: the refresh endpoint (`auth.refresh_path`), answered by the gateway.
+//! - [`revocation`]: revocation entries in force and the lookup every request makes;
+//!   [`revocation_file`] re-reads `auth.revocation_file`.
+//! - [`cluster`]: `[cluster]`: refreshes, revocations and open sessions shared through
+//!   Redis.
 //! - [`socketio`]: refusals spoken in socket.io's protocol (`reject_with = "socketio"`).
 //! - [`assertion`]: the optional signed identity assertion and its JWK Set.
 //! - [`metrics`]: the Prometheus series, resolved once, counted in `logging`.
@@ -68,6 +75,7 @@ pub mod app;
 pub mod assertion;
 pub mod body;
 pub mod certs;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod connection_options;
@@ -86,16 +94,20 @@ pub mod h2_stream;
 pub mod head;
 pub mod health;
 pub mod keys;
+pub mod live_sockets;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod open_frame;
 pub mod path;
 pub mod pool;
+pub mod refresh;
 pub mod refusal;
 pub mod relay;
 pub mod request;
 pub mod response_head;
+pub mod revocation;
+pub mod revocation_file;
 pub mod sealed_sid;
 pub mod serve;
 pub mod server;

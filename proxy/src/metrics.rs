@@ -29,6 +29,35 @@ pub struct Metrics {
     /// `gateway_websocket_expiry_closes_total`: tunnels closed at `exp + leeway`
     /// (`close_on_expiry`).
     pub expiry_closes: IntCounter,
+    /// `gateway_refreshes_total{result}`: refreshes (docs/websockets.md, "Refresh and
+    /// revocation") that moved a session's close, were refused for their token or
+    /// user, or named no open session.
+    pub refreshes: Refreshes,
+    /// `gateway_revocations_applied_total{source}`: entries taken into force, from
+    /// `auth.revocation_file` (all of its entries at each re-read) or the cluster's
+    /// stream.
+    pub revocations_file: IntCounter,
+    /// The same, `source="cluster"`.
+    pub revocations_cluster: IntCounter,
+    /// `gateway_revocation_entries`: entries kept now (both sources).
+    pub revocation_entries: IntGauge,
+    /// `gateway_websocket_revocation_closes_total`: WebSockets closed because their
+    /// token was revoked (each also counted in
+    /// `gateway_auth_failures_total{reason="token_revoked"}`).
+    pub revocation_closes: IntCounter,
+    /// `gateway_cluster_connected`: 1 while the `[cluster]` Redis is reachable.
+    pub cluster_connected: IntGauge,
+}
+
+/// `gateway_refreshes_total` by result.
+#[derive(Debug, Clone)]
+pub struct Refreshes {
+    /// `result="extended"`
+    pub extended: IntCounter,
+    /// `result="rejected"`
+    pub rejected: IntCounter,
+    /// `result="unknown_session"`
+    pub unknown_session: IntCounter,
 }
 
 impl Metrics {
@@ -76,7 +105,48 @@ impl Metrics {
         )?;
         registry.register(Box::new(verify_seconds.clone()))?;
         registry.register(Box::new(expiry_closes.clone()))?;
+        let refreshes = IntCounterVec::new(
+            Opts::new(
+                "gateway_refreshes_total",
+                "Token refreshes of open sessions by result.",
+            ),
+            &["result"],
+        )?;
+        let applied = IntCounterVec::new(
+            Opts::new(
+                "gateway_revocations_applied_total",
+                "Revocation entries taken into force, by source.",
+            ),
+            &["source"],
+        )?;
+        let revocation_entries = IntGauge::new(
+            "gateway_revocation_entries",
+            "Revocation entries kept in force now.",
+        )?;
+        let revocation_closes = IntCounter::new(
+            "gateway_websocket_revocation_closes_total",
+            "WebSockets closed by the gateway because their token was revoked.",
+        )?;
+        let cluster_connected = IntGauge::new(
+            "gateway_cluster_connected",
+            "1 while the [cluster] Redis is reachable, else 0.",
+        )?;
+        registry.register(Box::new(refreshes.clone()))?;
+        registry.register(Box::new(applied.clone()))?;
+        registry.register(Box::new(revocation_entries.clone()))?;
+        registry.register(Box::new(revocation_closes.clone()))?;
+        registry.register(Box::new(cluster_connected.clone()))?;
         Ok(Metrics {
+            refreshes: Refreshes {
+                extended: refreshes.with_label_values(&["extended"]),
+                rejected: refreshes.with_label_values(&["rejected"]),
+                unknown_session: refreshes.with_label_values(&["unknown_session"]),
+            },
+            revocations_file: applied.with_label_values(&["file"]),
+            revocations_cluster: applied.with_label_values(&["cluster"]),
+            revocation_entries,
+            revocation_closes,
+            cluster_connected,
             allowed: requests.with_label_values(&["allowed"]),
             rejected: requests.with_label_values(&["rejected"]),
             public: requests.with_label_values(&["public"]),

@@ -38,6 +38,9 @@ pub enum ErrorCode {
     /// An Engine.IO `sid` no gateway with this session key handed out (`400`): the
     /// client opens a new session.
     UnknownSession,
+    /// The token matches a revocation entry (docs/websockets.md, "Refresh and
+    /// revocation").
+    TokenRevoked,
 }
 
 impl ErrorCode {
@@ -58,6 +61,7 @@ impl ErrorCode {
         ErrorCode::TokenLifetime,
         ErrorCode::SessionMismatch,
         ErrorCode::UnknownSession,
+        ErrorCode::TokenRevoked,
     ];
 
     /// Position in [`ErrorCode::ALL`].
@@ -82,6 +86,7 @@ impl ErrorCode {
             ErrorCode::TokenLifetime => "token_lifetime",
             ErrorCode::SessionMismatch => "session_mismatch",
             ErrorCode::UnknownSession => "unknown_session",
+            ErrorCode::TokenRevoked => "token_revoked",
         }
     }
 }

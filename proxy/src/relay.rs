@@ -2,7 +2,8 @@
 //! connection (read into one buffer per worker thread, written straight through; only
 //! a write that would block keeps its remainder), WebSocket frame boundaries tracked
 //! from the upstream, and at `exp + leeway` (`close_on_expiry`) a 1008 close frame
-//! sent to the client by a timer, however idle the socket is.
+//! sent to the client by a timer, however idle the socket is. A refresh moves that
+//! timer, a revocation fires it at once ([`Relay::reschedule`], [`Relay::revoke`]).
 
 use std::cell::RefCell;
 use std::io;
@@ -14,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 use crate::conn::Conn;
+use crate::live_sockets::{Control, Slot};
 use crate::upstream_tls::UpstreamStream;
 
 /// How long the other direction may go on after one side of a tunnel closed.
@@ -110,12 +112,17 @@ impl Frames {
     }
 }
 
-/// A WebSocket close frame from the server: code 1008 (policy violation), "token expired".
-fn expiry_close_frame() -> Vec<u8> {
-    const REASON: &[u8] = b"token expired";
-    let mut f = vec![0x88, (2 + REASON.len()) as u8];
+/// The reason of the gateway's close frame when the token expired.
+const EXPIRED: &[u8] = b"token expired";
+/// The reason of the gateway's close frame when the token was revoked
+/// (docs/websockets.md, "Refresh and revocation").
+const REVOKED: &[u8] = b"token revoked";
+
+/// A WebSocket close frame from the server: code 1008 (policy violation) and `reason`.
+fn close_frame(reason: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x88, (2 + reason.len()) as u8];
     f.extend_from_slice(&1008u16.to_be_bytes());
-    f.extend_from_slice(REASON);
+    f.extend_from_slice(reason);
     f
 }
 
@@ -214,6 +221,8 @@ pub struct Relay<'a> {
     /// `exp + leeway`, then [`EXPIRY_GRACE`] for a frame in flight.
     expiry: Option<Pin<Box<Sleep>>>,
     expired: bool,
+    /// The token was revoked: the close frame says so.
+    revoked: bool,
     closing: bool,
     /// Started when one direction ended.
     linger: Option<Pin<Box<Sleep>>>,
@@ -234,6 +243,7 @@ impl<'a> Relay<'a> {
             frames,
             expiry: expiry.map(|d| Box::pin(tokio::time::sleep(d))),
             expired: false,
+            revoked: false,
             closing: false,
             linger: None,
         }
@@ -242,6 +252,30 @@ impl<'a> Relay<'a> {
     /// Bytes relayed so far: from the client, to the client.
     pub fn bytes(&self) -> (u64, u64) {
         (self.c2u.bytes, self.u2c.bytes)
+    }
+
+    /// Moves the close to `after` from now (a refresh moved the token's `exp`), or
+    /// takes it away (`None`); no effect once the close has begun. The caller never
+    /// moves it earlier (docs/websockets.md, "Refresh and revocation").
+    pub fn reschedule(&mut self, after: Option<Duration>) {
+        if self.expired {
+            return;
+        }
+        self.expiry = after.map(|d| Box::pin(tokio::time::sleep(d)));
+    }
+
+    /// Closes the tunnel now, at the next frame boundary, with 1008 "token revoked".
+    pub fn revoke(&mut self) {
+        if self.expired {
+            return;
+        }
+        self.revoked = true;
+        self.expiry = Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
+    }
+
+    /// Whether the gateway closed it because its token was revoked.
+    pub fn was_revoked(&self) -> bool {
+        self.revoked
     }
 
     /// Relays until the tunnel ends; returns why.
@@ -262,7 +296,7 @@ impl<'a> Relay<'a> {
         {
             // Close frame to the client, then close both sides.
             self.closing = true;
-            self.u2c.pending = expiry_close_frame();
+            self.u2c.pending = close_frame(if self.revoked { REVOKED } else { EXPIRED });
             self.u2c.at = 0;
             self.u2c.eof = true;
             self.c2u.eof = true;
@@ -311,6 +345,41 @@ impl<'a> Relay<'a> {
     }
 }
 
+/// Relays until the tunnel ends, moving its close as `control` says (a refresh) or
+/// closing it now (a revocation): the relay's timer is reset when the value changes,
+/// nothing polls.
+pub async fn run(relay: &mut Relay<'_>, control: Option<&Slot>) -> End {
+    /// What woke the loop.
+    enum Woke {
+        Ended(End),
+        Told(Control),
+    }
+    loop {
+        let told = async {
+            match control {
+                Some(slot) => {
+                    slot.changed().await;
+                    slot.control()
+                }
+                // No registration: nothing will be told.
+                None => std::future::pending().await,
+            }
+        };
+        let woke = tokio::select! {
+            end = std::future::poll_fn(|cx| relay.poll(cx)) => Woke::Ended(end),
+            c = told => Woke::Told(c),
+        };
+        match woke {
+            Woke::Ended(end) => return end,
+            Woke::Told(Control::Revoked) => relay.revoke(),
+            Woke::Told(Control::Until(at)) => {
+                let now = crate::gateway::now_secs();
+                relay.reschedule(at.map(|at| Duration::from_secs_f64((at - now).max(0.0))));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,7 +402,7 @@ mod tests {
 
     #[test]
     fn the_expiry_close_frame_is_a_valid_1008() {
-        let f = expiry_close_frame();
+        let f = close_frame(EXPIRED);
         assert_eq!(f[0], 0x88);
         assert_eq!(usize::from(f[1]), f.len() - 2);
         assert_eq!(u16::from_be_bytes([f[2], f[3]]), 1008);

@@ -222,6 +222,8 @@ pub fn run(
         upstreams,
     );
     let gateway = Arc::new(gateway);
+    crate::revocation_file::add_watcher(&mut server, &gateway);
+    crate::cluster::add_service(&mut server, &gateway);
     let mut proxy = proxy_service(gateway);
     let mut listener = plain_listener(&settings.proxy.listen.to_string());
     if let Some(tls) = &settings.proxy.tls {

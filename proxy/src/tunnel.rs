@@ -24,6 +24,7 @@ use crate::engineio::{EngineRequest, Fed, Handshake, rewrite_open_packet};
 use crate::framing::Framing;
 use crate::gateway::Gateway;
 use crate::head::{NoHead, request_bytes, strip_hop_by_hop};
+use crate::live_sockets::{Registration, SessionKey};
 use crate::open_frame::{self, First};
 use crate::relay::{End, Frames, Relay};
 use crate::response_head::{self, Framed, NoAnswer, Received, ResponseBody};
@@ -87,6 +88,8 @@ struct Opened {
     upstream: UpstreamStream,
     frames: Frames,
     expiry: Option<Duration>,
+    /// Its entry among the open WebSockets (refresh, revocation).
+    registration: Option<Registration>,
     client: String,
     request: String,
 }
@@ -140,18 +143,21 @@ async fn open(
         return None;
     }
     let mut frames = Frames::default();
+    let mut session = None;
     let first = match forward.handshake.as_ref() {
-        Some(handshake) => match open_packet_frame(gw, &mut upstream, answer, handshake).await {
-            Some(bytes) => bytes,
-            None => {
-                tracing::warn!(
-                    client,
-                    request,
-                    "a WebSocket handshake's open packet could not be read or sealed; closed"
-                );
-                return None;
+        Some(handshake) => {
+            match open_packet_frame(gw, &mut upstream, answer, handshake, &mut session).await {
+                Some(bytes) => bytes,
+                None => {
+                    tracing::warn!(
+                        client,
+                        request,
+                        "a WebSocket handshake's open packet could not be read or sealed; closed"
+                    );
+                    return None;
+                }
             }
-        },
+        }
         None => answer.bytes,
     };
     // The head, then whatever frames followed it (the first one perhaps rewritten).
@@ -166,10 +172,14 @@ async fn open(
         let now = crate::gateway::now_secs();
         Duration::from_secs_f64((at - now).max(0.0))
     });
+    let registration = gw
+        .live()
+        .register(forward.live.take(), session, forward.close_at);
     Some(Opened {
         upstream,
         frames,
         expiry,
+        registration,
         client,
         request,
     })
@@ -300,6 +310,7 @@ async fn open_packet_frame(
     upstream: &mut UpstreamStream,
     answer: Received,
     handshake: &Handshake,
+    session: &mut Option<SessionKey>,
 ) -> Option<Vec<u8>> {
     let Received {
         mut bytes,
@@ -324,7 +335,10 @@ async fn open_packet_frame(
             };
             let start = head_len + header;
             let end = start + payload;
-            let seal = |sid: &[u8]| gw.seal_sid(&handshake.user, handshake.server, sid);
+            let seal = |sid: &[u8]| {
+                *session = Some(SessionKey::of(sid, handshake.server));
+                gw.seal_sid(&handshake.user, handshake.server, sid)
+            };
             let new_payload = match rewrite_open_packet(&bytes[start..end], seal) {
                 Fed::Rewritten(p) => p,
                 Fed::Unchanged(_) | Fed::Pass => return Some(bytes),
@@ -351,6 +365,7 @@ async fn relay(gw: &Gateway, mut conn: Box<Conn>, opened: Opened, started: Insta
         mut upstream,
         frames,
         expiry,
+        registration,
         client,
         request,
     } = opened;
@@ -360,10 +375,13 @@ async fn relay(gw: &Gateway, mut conn: Box<Conn>, opened: Opened, started: Insta
     let metrics = gw.metrics();
     metrics.websockets_open.inc();
     let mut relay = Relay::new(&mut conn, &mut upstream, frames, expiry);
-    let end = std::future::poll_fn(|cx| relay.poll(cx)).await;
+    let control = registration.as_ref().map(|r| &*r.control);
+    let end = crate::relay::run(&mut relay, control).await;
     let (up_bytes, down_bytes) = relay.bytes();
+    let revoked = relay.was_revoked();
+    drop(registration);
     metrics.websockets_open.dec();
-    if matches!(end, End::Expired | End::ExpiredMidFrame) {
+    if matches!(end, End::Expired | End::ExpiredMidFrame) && !revoked {
         metrics.expiry_closes.inc();
     }
     tracing::info!(
@@ -373,6 +391,7 @@ async fn relay(gw: &Gateway, mut conn: Box<Conn>, opened: Opened, started: Insta
         bytes_from_client = up_bytes,
         bytes_to_client = down_bytes,
         reason = ?end,
+        revoked,
         "websocket closed"
     );
 }

@@ -30,6 +30,11 @@ pub struct Verified {
     pub forwarded: Vec<(HeaderName, HeaderValue)>,
     /// `exp` in seconds since the epoch, for `close_on_expiry`.
     pub exp: Option<f64>,
+    /// `iat` in seconds since the epoch: an `issued_before` revocation matches it.
+    pub iat: Option<f64>,
+    /// `jti` (a string claim; another type is not an id): a revocation by id matches
+    /// it. Shared, since a cached verification is cloned for every request.
+    pub jti: Option<std::sync::Arc<str>>,
 }
 
 /// The claim rules, fixed at start-up.
@@ -179,23 +184,24 @@ fn check_claims(
 ) -> Result<Verified, AuthError> {
     let exp = numeric_date(claims, "exp", EXP_TYPE)?;
     let nbf = numeric_date(claims, "nbf", NBF_TYPE)?;
-    numeric_date(claims, "iat", IAT_TYPE)?;
+    let iat = numeric_date(claims, "iat", IAT_TYPE)?;
     if exp.is_none() && rules.require_exp {
         return Err(NO_EXP);
     }
-    identity(rules, claims, exp, nbf).map_err(|refused| match check_time(rules, exp, nbf, now) {
+    identity(rules, claims, [exp, nbf, iat]).map_err(|refused| match check_time(rules, exp, nbf, now) {
         Err(time) => time,
         Ok(()) => refused,
     })
 }
 
-/// `iss`, `aud`, the user and the forwarded claims of a token.
+/// `iss`, `aud`, the user and the forwarded claims of a token (`times`: its `exp`,
+/// `nbf` and `iat`, read before).
 fn identity(
     rules: &Rules,
     claims: &Map<String, Value>,
-    exp: Option<f64>,
-    nbf: Option<f64>,
+    times: [Option<f64>; 3],
 ) -> Result<Verified, AuthError> {
+    let [exp, nbf, iat] = times;
     if let Some(want) = &rules.issuer {
         match claims.get("iss") {
             None => return Err(NO_ISS),
@@ -236,11 +242,17 @@ fn identity(
             forwarded.push((header.clone(), text));
         }
     }
+    let jti = match claims.get("jti") {
+        Some(Value::String(s)) => Some(std::sync::Arc::from(s.as_str())),
+        _ => None,
+    };
     Ok(Verified {
         nbf,
         user,
         forwarded,
         exp,
+        iat,
+        jti,
     })
 }
 

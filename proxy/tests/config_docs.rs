@@ -8,19 +8,27 @@ use std::path::Path;
 
 use proxy::config::Config;
 
-const SECTIONS: [&str; 5] = ["proxy", "proxy.tls", "upstream", "auth", "assertion"];
+const SECTIONS: [&str; 6] = [
+    "proxy",
+    "proxy.tls",
+    "upstream",
+    "auth",
+    "assertion",
+    "cluster",
+];
 
 /// The smallest file every section parses in: the keys without a default given.
-const MINIMAL: &str = "[proxy]\nlisten = \"127.0.0.1:1\"\n[proxy.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n[upstream]\nservers = [\"127.0.0.1:2\"]\n[auth]\n[assertion]\nkey_file = \"k.pem\"\naudience = \"up\"\n";
+const MINIMAL: &str = "[proxy]\nlisten = \"127.0.0.1:1\"\n[proxy.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n[upstream]\nservers = [\"127.0.0.1:2\"]\n[auth]\n[assertion]\nkey_file = \"k.pem\"\naudience = \"up\"\n[cluster]\nredis_url = \"redis://127.0.0.1:6379\"\n";
 
 /// The keys [`MINIMAL`] gives: they have no default to compare.
-const GIVEN: [&str; 6] = [
+const GIVEN: [&str; 7] = [
     "proxy.listen",
     "proxy.tls.cert_file",
     "proxy.tls.key_file",
     "upstream.servers",
     "assertion.key_file",
     "assertion.audience",
+    "cluster.redis_url",
 ];
 
 fn read(name: &str) -> String {

@@ -5,8 +5,10 @@
 //! the gateway must have given back what they held. The figures are exact and the
 //! same within a few bytes on every run, unlike the soak's RSS (docs/performance.md).
 //!
-//! The bound, [`MAX_BYTES_PER_TUNNEL`] = 3 KiB: a held tunnel keeps about 2.7 KiB
-//! (2,675 to 2,690 bytes per tunnel measured): its own task with the relay's state (about 650
+//! The bound, [`MAX_BYTES_PER_TUNNEL`] = 3.25 KiB: a held tunnel keeps about 3.2 KiB
+//! (3,239 bytes per tunnel measured; 2,675 to 2,690 before the registry of open
+//! WebSockets, whose entry, `Slot` and larger relay future take about 550 bytes,
+//! docs/websockets.md "What revocation keeps"): its own task with the relay's state (about 650
 //! bytes), the two sockets' tokio registrations (256 bytes each), the client connection
 //! (`Conn` around Pingora's `Stream` with its digests, no buffers), the upstream
 //! socket, the expiry timer and the log fields of its end. A tunnel left in the task
@@ -43,7 +45,7 @@ const TUNNELS: usize = 1000;
 const WARM_UP: usize = 50;
 
 /// Most heap bytes the gateway may hold per open tunnel.
-const MAX_BYTES_PER_TUNNEL: isize = 3 * 1024;
+const MAX_BYTES_PER_TUNNEL: isize = 3 * 1024 + 256;
 
 /// Most heap bytes the gateway may keep per tunnel once it closed (24 to 31 measured: timers
 /// and structures that grew for the open ones and keep their capacity).
@@ -223,7 +225,7 @@ async fn settled() -> isize {
 }
 
 #[test]
-fn a_thousand_held_tunnels_keep_at_most_three_kib_of_heap_each() {
+fn a_thousand_held_tunnels_keep_at_most_three_and_a_quarter_kib_of_heap_each() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let secret = dir.path().join("secret");
     std::fs::write(&secret, SECRET).unwrap_or_else(|e| panic!("{e}"));

@@ -132,6 +132,16 @@ pub struct AuthConfig {
     /// A file holding that key instead (one trailing newline is ignored).
     #[serde(default)]
     pub session_key_file: Option<PathBuf>,
+    /// Where a client `POST`s a fresh token for its Engine.IO session (`?sid=`), so
+    /// that its open WebSockets live on to the new `exp` instead of reconnecting
+    /// (docs/websockets.md, "Refresh and revocation"). Answered by the gateway.
+    #[serde(default = "default_refresh_path")]
+    pub refresh_path: String,
+    /// A JSON array of revocation entries, re-read when it changes: matching tokens
+    /// are refused and matching open WebSockets closed (a broken file keeps the last
+    /// good list).
+    #[serde(default)]
+    pub revocation_file: Option<PathBuf>,
 }
 
 impl Default for AuthConfig {
@@ -181,6 +191,9 @@ fn default_failure_limit() -> u32 {
     // needs to matter.
     50
 }
+fn default_refresh_path() -> String {
+    "/socket.io/refresh".into()
+}
 fn default_user_header() -> String {
     "x-auth-user".into()
 }
@@ -216,6 +229,10 @@ pub struct AuthSettings {
     /// Whether its key comes from the config (shared, lasting) rather than being
     /// random for this process.
     pub sid_key_configured: bool,
+    /// The refresh endpoint's path, normalized.
+    pub refresh_path: Vec<u8>,
+    /// The revocation file, resolved against the config's directory.
+    pub revocation_file: Option<PathBuf>,
 }
 
 /// A dotted claim path, split.
@@ -268,6 +285,8 @@ impl AuthConfig {
             v.push("auth.max_lifetime", "must be more than 0s when set".into());
         }
         let cors_origins = auth.cors_origins(v);
+        let refresh_path = auth.refresh_path(v);
+        let revocation_file = auth.revocation_file(v, base_dir);
         let (sid_seal, sid_key_configured) = session_key(auth, v, base_dir);
         let rules = Rules {
             // With `oidc_issuer`, tokens must come from that issuer unless `issuer` says.
@@ -295,7 +314,34 @@ impl AuthConfig {
             cors_origins,
             sid_seal: sid_seal?,
             sid_key_configured,
+            refresh_path: refresh_path?,
+            revocation_file,
         })
+    }
+
+    /// `auth.refresh_path`: an absolute path, already in normal form.
+    fn refresh_path(&self, v: &mut Problems<'_>) -> Option<Vec<u8>> {
+        let p = self.refresh_path.as_bytes();
+        match crate::path::normalize(p) {
+            Ok(n) if p.starts_with(b"/") && *n == *p && !p.contains(&b'?') => Some(p.to_vec()),
+            _ => {
+                let m = format!(
+                    "{:?} is not a plain absolute path such as \"/socket.io/refresh\"",
+                    self.refresh_path
+                );
+                v.push("auth.refresh_path", m);
+                None
+            }
+        }
+    }
+
+    /// `auth.revocation_file`: resolved, and readable as a list of entries now.
+    fn revocation_file(&self, v: &mut Problems<'_>, base_dir: &Path) -> Option<PathBuf> {
+        let file = super::values::resolve(base_dir, self.revocation_file.as_ref()?);
+        if let Err(e) = crate::revocation_file::read(&file) {
+            v.push("auth.revocation_file", format!("{}: {e}", file.display()));
+        }
+        Some(file)
     }
 
     /// `auth.token_sources`, parsed: at least one, each a known kind.
