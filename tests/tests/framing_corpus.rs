@@ -727,9 +727,13 @@ async fn a_clean_keep_alive_answer_lets_the_upstream_connection_serve_the_next_r
         .unwrap_or_else(|e| panic!("connect: {e}"));
     let mut buf = Vec::new();
     let mut failures = Vec::new();
-    let places = [Place::Public, Place::Protected, Place::Public, Place::Protected];
-    for (i, place) in places.into_iter().enumerate()
-    {
+    let places = [
+        Place::Public,
+        Place::Protected,
+        Place::Public,
+        Place::Protected,
+    ];
+    for (i, place) in places.into_iter().enumerate() {
         let (target, forwarded) = place.target(&format!("seq={i}"));
         s.write_all(format!("GET {target} HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes())
             .await
