@@ -14,6 +14,8 @@
 //! - [`cluster`]: with `redis_url`, the Redis link of socket.io's adapter, which
 //!   reconnects and resubscribes after Redis comes back.
 //! - [`store`]: where web sessions live: SQLite, or Redis in a cluster.
+//! - [`revoke`]: signing a user out everywhere, through the gateways' Redis stream or
+//!   their revocation file.
 //! - [`assertion`]: optional check of the gateway's signed identity assertion on every
 //!   socket.io request.
 //!
@@ -26,6 +28,7 @@ pub mod cluster;
 pub mod config;
 pub mod mint;
 pub mod pages;
+pub mod revoke;
 pub mod socket;
 pub mod store;
 pub mod web;
@@ -76,6 +79,7 @@ struct Inner {
     pages: pages::Pages,
     settings: DemoSettings,
     sessions: store::Sessions,
+    revoker: revoke::Revoker,
     /// The socket.io service at `/socket.io/`, set up once (with `demo.redis_url`, its
     /// adapter subscribed to the cluster).
     socket: Router<AppState>,
@@ -140,8 +144,12 @@ impl AppState {
             None => store::Sessions::Sqlite(sqlite_sessions(&settings).await?),
         };
         let socket = socket::router(&settings, assertion).await?;
+        let revoker = revoke::Revoker::new(&settings)
+            .await
+            .map_err(DemoError::Config)?;
         Ok(AppState(Arc::new(Inner {
             socket,
+            revoker,
             accounts: Arc::new(accounts),
             minter,
             pages: pages::Pages::new()?,
@@ -156,6 +164,10 @@ impl AppState {
 
     pub(crate) fn minter(&self) -> &mint::Minter {
         &self.0.minter
+    }
+
+    pub(crate) fn revoker(&self) -> &revoke::Revoker {
+        &self.0.revoker
     }
 
     pub(crate) fn pages(&self) -> &pages::Pages {
@@ -182,7 +194,7 @@ pub fn app(state: AppState) -> Router {
         .route("/login", get(web::login_get).post(web::login_post))
         .route("/getIoConnectionToken", get(web::io_token))
         .route("/private", get(web::private))
-        .route("/logout", get(web::logout))
+        .route("/logout", get(web::logout).post(web::logout))
         .layer(sessions)
         .route("/socket.io/socket.io.min.js", get(web::client_bundle))
         .route("/assets/private.js", get(web::private_js))

@@ -51,6 +51,10 @@ pub enum AppError {
     /// The password check could not run.
     #[error("password check: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// Signed out here, but the gateways were not told: the user's sockets stay open
+    /// until their tokens expire.
+    #[error("signed out here, but not everywhere: {0}")]
+    Revoke(#[from] crate::revoke::RevokeError),
 }
 
 impl IntoResponse for AppError {
@@ -72,6 +76,14 @@ impl IntoResponse for AppError {
                 resp
             }
             AppError::Csrf => (StatusCode::FORBIDDEN, self.to_string()).into_response(),
+            AppError::Revoke(_) => {
+                tracing::error!("{self}");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "signed out here, but your other sessions could not be signed out",
+                )
+                    .into_response()
+            }
             AppError::Session(_)
             | AppError::Template(_)
             | AppError::Mint(_)
@@ -220,9 +232,27 @@ pub async fn private(State(st): State<AppState>, session: Session) -> Result<Res
     }
 }
 
-/// `GET /logout`
-pub async fn logout(session: Session) -> Result<Redirect, AppError> {
+/// `GET /logout` (the header's link) and `POST /logout` (the signed-in page's "Sign out
+/// everywhere" button): ends this web session and revokes every token of the user issued
+/// before now, so that the gateways close the user's sockets on every page and instance
+/// (docs/demo.md).
+pub async fn logout(State(st): State<AppState>, session: Session) -> Result<Redirect, AppError> {
+    let user = signed_in(&session).await?;
     session.flush().await?;
+    if let Some(user) = user {
+        let Some(issued_before) = st.revoker().revoke_user(&user).await? else {
+            tracing::info!(user, "signed out (no revocation file or stream configured)");
+            return Ok(Redirect::to("/"));
+        };
+        tracing::info!(user, "signed out everywhere");
+        // Tokens carry whole seconds: one minted before `issued_before` begins is revoked,
+        // so the answer waits for it (under a second), and a sign-in right after gets a
+        // token that works.
+        let starts = std::time::UNIX_EPOCH + std::time::Duration::from_secs(issued_before);
+        if let Ok(wait) = starts.duration_since(std::time::SystemTime::now()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
     Ok(Redirect::to("/"))
 }
 
