@@ -296,6 +296,9 @@ test("cluster: signing out on one gateway closes the user's page on the other wi
     await staysSignedOut(there, seen);
     assert.match(await there.textContent("#reason"), /Signed out everywhere/);
     await there.screenshot({ path: path.join(artifacts, "private-page-signed-out.png") });
+    // Its web session (another browser's) ended too: a reload asks for the sign-in.
+    await there.goto(`${gateways[1].url}/private`);
+    assert.ok(there.url().endsWith("/login"), there.url());
 
     // Signing in again works at once: the revocation covers earlier tokens only.
     const again = await (await browser.newContext()).newPage();

@@ -123,8 +123,9 @@ test("a session signed in on one instance is accepted by the others", async () =
   }
 });
 
-test("signing out adds the user's revocation to the gateways' Redis stream", async () => {
+test("signing out adds the user's revocation to the gateways' Redis stream and ends the user's other sessions", async () => {
   const base = `http://127.0.0.1:${demos[1].port}`;
+  const elsewhere = await login(`http://127.0.0.1:${demos[0].port}`); // another browser
   const cookie = await login(base);
   const token = await fetchToken(base, cookie);
   const { iat } = JSON.parse(Buffer.from(token.split(".")[1], "base64url"));
@@ -145,6 +146,10 @@ test("signing out adds the user's revocation to the gateways' Redis stream", asy
   assert.ok(entry.issued_before > iat, `the token minted before sign-out (iat ${iat}) is not covered: ${out}`);
   assert.ok(entry.issued_before <= answered, `a token minted after the answer would be revoked: ${out}`);
   assert.equal((await fetch(`${base}/getIoConnectionToken`, { headers: { Cookie: cookie } })).status, 403);
+  const other = await fetch(`http://127.0.0.1:${demos[2].port}/getIoConnectionToken`, { headers: { Cookie: elsewhere } });
+  assert.equal(other.status, 403, "the other browser's session outlived the sign-out");
+  // A sign-in after the sign-out works at once, on any instance.
+  assert.equal(typeof (await fetchToken(`http://127.0.0.1:${demos[2].port}`, await login(base))), "string");
 });
 
 test("with one instance killed, its clients come back on the others and broadcasts arrive", async () => {

@@ -16,6 +16,8 @@
 //! - [`store`]: where web sessions live: SQLite, or Redis in a cluster.
 //! - [`revoke`]: signing a user out everywhere, through the gateways' Redis stream or
 //!   their revocation file.
+//! - [`signouts`]: when each user last signed out everywhere, which ends the user's
+//!   web sessions in other browsers.
 //! - [`assertion`]: optional check of the gateway's signed identity assertion on every
 //!   socket.io request.
 //!
@@ -29,6 +31,7 @@ pub mod config;
 pub mod mint;
 pub mod pages;
 pub mod revoke;
+pub mod signouts;
 pub mod socket;
 pub mod store;
 pub mod web;
@@ -80,6 +83,7 @@ struct Inner {
     settings: DemoSettings,
     sessions: store::Sessions,
     revoker: revoke::Revoker,
+    signouts: signouts::SignOuts,
     /// The socket.io service at `/socket.io/`, set up once (with `demo.redis_url`, its
     /// adapter subscribed to the cluster).
     socket: Router<AppState>,
@@ -144,12 +148,27 @@ impl AppState {
             None => store::Sessions::Sqlite(sqlite_sessions(&settings).await?),
         };
         let socket = socket::router(&settings, assertion).await?;
-        let revoker = revoke::Revoker::new(&settings)
-            .await
-            .map_err(DemoError::Config)?;
+        // One connection (reconnecting by itself) for sign-outs: the gateways' stream and
+        // the record that ends the user's other web sessions.
+        let redis = match &settings.redis_url {
+            Some(url) => Some(
+                redis::Client::open(url.as_str())
+                    .map_err(|e| DemoError::Config(format!("demo.redis_url: {e}")))?
+                    .get_connection_manager()
+                    .await
+                    .map_err(|e| DemoError::Config(format!("demo.redis_url: sign-outs: {e}")))?,
+            ),
+            None => None,
+        };
+        let revoker = revoke::Revoker::new(&settings, redis.clone());
+        let signouts = match redis {
+            Some(conn) => signouts::SignOuts::Redis(conn),
+            None => signouts::SignOuts::Local(std::sync::Mutex::default()),
+        };
         Ok(AppState(Arc::new(Inner {
             socket,
             revoker,
+            signouts,
             accounts: Arc::new(accounts),
             minter,
             pages: pages::Pages::new()?,
@@ -170,6 +189,10 @@ impl AppState {
         &self.0.revoker
     }
 
+    pub(crate) fn signouts(&self) -> &signouts::SignOuts {
+        &self.0.signouts
+    }
+
     pub(crate) fn pages(&self) -> &pages::Pages {
         &self.0.pages
     }
@@ -188,7 +211,9 @@ pub fn app(state: AppState) -> Router {
         .with_http_only(true)
         .with_same_site(SameSite::Lax)
         .with_secure(state.settings().secure_cookies)
-        .with_expiry(Expiry::OnInactivity(CookieDuration::hours(8)));
+        .with_expiry(Expiry::OnInactivity(CookieDuration::seconds(
+            i64::try_from(signouts::SESSION_LIFETIME.as_secs()).unwrap_or(i64::MAX),
+        )));
     Router::new()
         .route("/", get(web::home))
         .route("/login", get(web::login_get).post(web::login_post))

@@ -112,23 +112,13 @@ fn unix_now() -> Duration {
 }
 
 impl Revoker {
-    /// Connects to the cluster's Redis when `demo.redis_url` is set.
-    pub async fn new(settings: &DemoSettings) -> Result<Self, String> {
-        let stream = match &settings.redis_url {
-            Some(url) => {
-                let client = redis::Client::open(url.as_str())
-                    .map_err(|e| format!("demo.redis_url: {e}"))?;
-                let conn = client
-                    .get_connection_manager()
-                    .await
-                    .map_err(|e| format!("demo.redis_url: revocations: {e}"))?;
-                Some(RevocationStream {
-                    conn,
-                    stream: settings.revocation_stream.clone(),
-                })
-            }
-            None => None,
-        };
+    /// Sign-outs go to `redis` (the cluster's Redis, with `demo.redis_url`) and to
+    /// `demo.revocation_file`.
+    pub fn new(settings: &DemoSettings, redis: Option<ConnectionManager>) -> Self {
+        let stream = redis.map(|conn| RevocationStream {
+            conn,
+            stream: settings.revocation_stream.clone(),
+        });
         let file = settings.revocation_file.clone().map(|path| RevocationFile {
             path,
             lock: Arc::default(),
@@ -138,12 +128,12 @@ impl Revoker {
             .max_lifetime
             .as_ref()
             .map_or(settings.token_ttl, |d| d.0.max(settings.token_ttl));
-        Ok(Revoker {
+        Revoker {
             file,
             stream,
             horizon: lifetime + settings.auth.leeway.0,
             horizon_is_binding: settings.auth.max_lifetime.is_some(),
-        })
+        }
     }
 
     /// Revokes every token of `user` issued before now. Returns the entry's

@@ -280,8 +280,8 @@ fn unix_now() -> u64 {
 /// `/logout` revokes the user's tokens in the gateway's revocation file: the entry
 /// names the user as the gateway forwards it and covers every token minted so far, the
 /// file is replaced whole (no temporary file left beside it), concurrent sign-outs lose
-/// no entry, and a sign-in right after the answer mints a token the entry does not
-/// cover.
+/// no entry, the user's session in another browser ends too, and a sign-in right after
+/// the answer mints a token the entry does not cover.
 #[tokio::test]
 async fn logout_revokes_the_users_tokens_in_the_revocation_file() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -296,6 +296,10 @@ async fn logout_revokes_the_users_tokens_in_the_revocation_file() {
     })
     .await;
     let gonzalo = cookie_pair(
+        &set_cookie(&call(&app, basic("gonzalo", "password")).await).unwrap_or_default(),
+    );
+    // The same user in another browser.
+    let elsewhere = cookie_pair(
         &set_cookie(&call(&app, basic("gonzalo", "password")).await).unwrap_or_default(),
     );
     let alice =
@@ -356,9 +360,22 @@ async fn logout_revokes_the_users_tokens_in_the_revocation_file() {
         .collect();
     assert!(stray.is_empty(), "temporary files left: {stray:?}");
 
+    // The other browser's web session ended too; signing in again works at once.
+    let resp = call(&app, get("/getIoConnectionToken", Some(&elsewhere))).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::FORBIDDEN,
+        "the other browser is still signed in"
+    );
     // Signing out again replaces the user's entry instead of piling up entries.
     let again = cookie_pair(
         &set_cookie(&call(&app, basic("gonzalo", "password")).await).unwrap_or_default(),
+    );
+    let resp = call(&app, get("/getIoConnectionToken", Some(&again))).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "a sign-in after the sign-out"
     );
     call(&app, get("/logout", Some(&again))).await;
     let entries: Vec<Value> =
