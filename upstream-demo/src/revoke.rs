@@ -100,8 +100,8 @@ pub struct Revoker {
     stream: Option<RevocationStream>,
     /// How long after its `issued_before` an entry can still match an accepted token.
     horizon: Duration,
-    /// Whether the horizon bounds every token the gateway accepts (`auth.max_lifetime`
-    /// is set), so that older stream entries, whoever wrote them, may be trimmed.
+    /// Whether `auth.max_lifetime` is set: the horizon the gateways keep entries for,
+    /// so that older stream entries, whoever wrote them, may be trimmed.
     horizon_is_binding: bool,
 }
 
@@ -151,8 +151,9 @@ impl Revoker {
             let mut cmd = redis::cmd("XADD");
             cmd.arg(&s.stream);
             if self.horizon_is_binding {
-                // Stream ids are milliseconds: entries older than the horizon match no
-                // token the gateways accept.
+                // Stream ids are milliseconds. Entries older than `auth.max_lifetime`
+                // are past the horizon the gateways keep entries for (docs/demo.md,
+                // "Sign out everywhere"): no gateway that starts later needs them.
                 let oldest = now.saturating_sub(self.horizon).as_millis();
                 cmd.arg("MINID").arg("~").arg(oldest.to_string());
             }
