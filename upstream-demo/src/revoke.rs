@@ -234,6 +234,13 @@ fn write_atomically(path: &Path, body: &[u8]) -> std::io::Result<()> {
     let mut tmp = tempfile::Builder::new()
         .prefix(".revocations-")
         .tempfile_in(dir)?;
+    // The new file keeps the old one's permissions (the gateway may run as another
+    // user); a first file gets the temporary file's owner-only ones.
+    match std::fs::metadata(path) {
+        Ok(old) => tmp.as_file().set_permissions(old.permissions())?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     tmp.write_all(body)?;
     tmp.write_all(b"\n")?;
     tmp.as_file().sync_all()?;
@@ -252,6 +259,7 @@ mod tests {
 
     #[test]
     fn keeps_other_entries_drops_superseded_and_expired_ones() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("revoked.json");
         let old = json!([
@@ -262,6 +270,8 @@ mod tests {
             {"issued_before": 40},
         ]);
         std::fs::write(&path, old.to_string()).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            .unwrap_or_else(|e| panic!("{e}"));
         append_entry(
             &path,
             json!({"user": "gonzalo", "issued_before": 2000}),
@@ -276,6 +286,8 @@ mod tests {
                 json!({"user": "gonzalo", "issued_before": 2000}),
             ]
         );
+        let mode = std::fs::metadata(&path).map_or(0, |m| m.permissions().mode());
+        assert_eq!(mode & 0o777, 0o644, "the permissions changed");
     }
 
     #[test]
