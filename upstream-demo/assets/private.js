@@ -18,6 +18,8 @@
   const REFRESH_PATH = "/socket.io/refresh";
   // Refresh once this share of the token's lifetime has passed.
   const REFRESH_AT = 0.8;
+  // Time left for the fetch and the refresh request, in seconds.
+  const REFRESH_MARGIN = 2;
 
   let socket = null;
   let token = null;
@@ -80,13 +82,15 @@
     return token;
   }
 
-  // At REFRESH_AT of the current token's lifetime (at least a second from now).
+  // At REFRESH_AT of the current token's lifetime, and at least REFRESH_MARGIN seconds
+  // before its exp (short tokens), but no sooner than a second from now.
   function scheduleRefresh() {
     clearTimeout(refreshTimer);
     if (signedOut) return;
     const c = claimsOf(token);
     const lifetime = (c.exp || 0) - (c.iat || 0);
-    const due = (c.iat || 0) + lifetime * REFRESH_AT - Date.now() / 1000;
+    const at = Math.min((c.iat || 0) + lifetime * REFRESH_AT, (c.exp || 0) - REFRESH_MARGIN);
+    const due = at - Date.now() / 1000;
     refreshTimer = setTimeout(refresh, Math.max(1000, due * 1000));
   }
 
