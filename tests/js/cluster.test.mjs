@@ -1,9 +1,11 @@
 // The demo as a cluster (docs/clusters.md): a real
 // `redis-server`, three upstream-demo instances sharing it through socket.io's Redis
 // adapter, two gateways in front of all three, and official socket.io clients spread
-// over both gateways and the three instances.
+// over both gateways and the three instances; signing out adds the user's revocation to the
+// gateways' Redis stream.
 
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { after, before, test } from "node:test";
 
 import {
@@ -119,6 +121,35 @@ test("a session signed in on one instance is accepted by the others", async () =
     assert.equal(typeof token, "string");
     assert.equal(JSON.parse(Buffer.from(token.split(".")[1], "base64url")).sub, "gonzalo");
   }
+});
+
+test("signing out adds the user's revocation to the gateways' Redis stream and ends the user's other sessions", async () => {
+  const base = `http://127.0.0.1:${demos[1].port}`;
+  const elsewhere = await login(`http://127.0.0.1:${demos[0].port}`); // another browser
+  const cookie = await login(base);
+  const token = await fetchToken(base, cookie);
+  const { iat } = JSON.parse(Buffer.from(token.split(".")[1], "base64url"));
+  const resp = await fetch(`${base}/logout`, { headers: { Cookie: cookie }, redirect: "manual" });
+  assert.equal(resp.status, 303);
+  const answered = Math.floor(Date.now() / 1000);
+  // redis-cli comes with Debian's redis-server (redis-tools).
+  const out = execFileSync("redis-cli", ["-p", String(redis.port), "--json", "XRANGE", "socketio-gateway:revocations", "-", "+"], {
+    encoding: "utf8",
+  });
+  const entries = JSON.parse(out);
+  assert.equal(entries.length, 1, out);
+  const [, fields] = entries[0];
+  assert.equal(fields[0], "revoke", out);
+  const entry = JSON.parse(fields[1]);
+  assert.deepEqual(Object.keys(entry).sort(), ["issued_before", "user"], out);
+  assert.equal(entry.user, "gonzalo");
+  assert.ok(entry.issued_before > iat, `the token minted before sign-out (iat ${iat}) is not covered: ${out}`);
+  assert.ok(entry.issued_before <= answered, `a token minted after the answer would be revoked: ${out}`);
+  assert.equal((await fetch(`${base}/getIoConnectionToken`, { headers: { Cookie: cookie } })).status, 403);
+  const other = await fetch(`http://127.0.0.1:${demos[2].port}/getIoConnectionToken`, { headers: { Cookie: elsewhere } });
+  assert.equal(other.status, 403, "the other browser's session outlived the sign-out");
+  // A sign-in after the sign-out works at once, on any instance.
+  assert.equal(typeof (await fetchToken(`http://127.0.0.1:${demos[2].port}`, await login(base))), "string");
 });
 
 test("with one instance killed, its clients come back on the others and broadcasts arrive", async () => {

@@ -118,12 +118,13 @@ export function scratch() {
  * Starts upstream-demo. `dir` holds its config and session database, so that a
  * restart with the same `dir` and `port` keeps signed-in sessions.
  */
-export async function startDemo({ dir = scratch(), port = 0, tokenTtl = "60s", pingInterval = "25s", redisUrl = "" } = {}) {
+export async function startDemo({ dir = scratch(), port = 0, tokenTtl = "60s", pingInterval = "25s", redisUrl = "", revocationFile = "" } = {}) {
   const file = path.join(dir, "demo.toml");
   writeFileSync(
     file,
     `[demo]
 ${redisUrl ? `redis_url = "${redisUrl}"` : ""}
+${revocationFile ? `revocation_file = "${revocationFile}"` : ""}
 listen = "127.0.0.1:${port}"
 token_ttl = "${tokenTtl}"
 ping_interval = "${pingInterval}"
@@ -178,9 +179,10 @@ export async function makeCerts() {
 
 /** Starts the gateway in front of `upstreamPort` (or all of `upstreamPorts`); `auth`
  * adds `[auth]` lines, `upstream` adds `[upstream]` lines, `tls` (`{ cert, key }`)
- * serves HTTPS and WSS. `reject_with = "http"` unless `auth` chooses: the tests of
+ * serves HTTPS and WSS, `sections` is appended as it is (further tables such as
+ * `[cluster]`). `reject_with = "http"` unless `auth` chooses: the tests of
  * HTTP refusals predate `"socketio"` becoming the default. */
-export async function startGateway({ upstreamPort, upstreamPorts, upstream = "", auth = "", audience = "socket.io", tls }) {
+export async function startGateway({ upstreamPort, upstreamPorts, upstream = "", auth = "", audience = "socket.io", tls, sections = "" }) {
   const dir = scratch();
   const port = await freePort();
   const file = path.join(dir, "gateway.toml");
@@ -204,6 +206,7 @@ leeway = "0s"
 ${/reject_with/.test(auth) ? "" : 'reject_with = "http"'}
 ${auth}
 ${tls ? `[proxy.tls]\ncert_file = "${tls.cert}"\nkey_file = "${tls.key}"\n` : ""}
+${sections}
 `,
   );
   const proc = launch("proxy", ["--config", file]);

@@ -51,6 +51,16 @@ pub struct DemoConfig {
     /// broadcasts and room membership between the instances that share it (docs/clusters.md). Off: one process, no Redis.
     #[serde(default)]
     pub redis_url: Option<String>,
+    /// The gateway's `auth.revocation_file`: on a single machine, `/logout` appends the
+    /// user's sign-out there so that the gateway closes the user's sockets (relative to
+    /// this file). With `redis_url`, the sign-out goes to the gateways' Redis stream
+    /// instead, and this file is written only when set as well.
+    #[serde(default)]
+    pub revocation_file: Option<PathBuf>,
+    /// The gateways' `cluster.key_prefix`: with `redis_url`, `/logout` adds the sign-out
+    /// to the stream `<prefix>revocations` every gateway of the cluster reads.
+    #[serde(default = "default_cluster_key_prefix")]
+    pub cluster_key_prefix: String,
 }
 
 /// What the demo checks in the gateway's signed assertion.
@@ -82,6 +92,9 @@ fn default_listen() -> String {
 fn default_token_ttl() -> Dur {
     Dur(Duration::from_secs(60))
 }
+fn default_cluster_key_prefix() -> String {
+    "socketio-gateway:".into()
+}
 fn default_ping_interval() -> Dur {
     Dur(Duration::from_secs(25))
 }
@@ -111,6 +124,10 @@ pub struct DemoSettings {
     pub assertion: Option<AssertionCheck>,
     /// The Redis server of the cluster, when the demo runs as one of several instances.
     pub redis_url: Option<String>,
+    /// The gateway's revocation file (absolute, or relative to the working directory).
+    pub revocation_file: Option<PathBuf>,
+    /// The gateways' Redis stream of revocations (`<cluster_key_prefix>revocations`).
+    pub revocation_stream: String,
 }
 
 impl Default for DemoSettings {
@@ -127,6 +144,8 @@ impl Default for DemoSettings {
             base_dir: PathBuf::from("."),
             assertion: None,
             redis_url: None,
+            revocation_file: None,
+            revocation_stream: format!("{}revocations", default_cluster_key_prefix()),
         }
     }
 }
@@ -196,6 +215,10 @@ impl DemoSettings {
             session_db: d
                 .session_db
                 .map(|p| if p.is_absolute() { p } else { base_dir.join(p) }),
+            revocation_file: d
+                .revocation_file
+                .map(|p| if p.is_absolute() { p } else { base_dir.join(p) }),
+            revocation_stream: format!("{}revocations", d.cluster_key_prefix),
             secure_cookies: d.secure_cookies,
             redis_url: d.redis_url,
             auth,

@@ -14,6 +14,10 @@
 //! - [`cluster`]: with `redis_url`, the Redis link of socket.io's adapter, which
 //!   reconnects and resubscribes after Redis comes back.
 //! - [`store`]: where web sessions live: SQLite, or Redis in a cluster.
+//! - [`revoke`]: signing a user out everywhere, through the gateways' Redis stream or
+//!   their revocation file.
+//! - [`signouts`]: when each user last signed out everywhere, which ends the user's
+//!   web sessions in other browsers.
 //! - [`assertion`]: optional check of the gateway's signed identity assertion on every
 //!   socket.io request.
 //!
@@ -26,6 +30,8 @@ pub mod cluster;
 pub mod config;
 pub mod mint;
 pub mod pages;
+pub mod revoke;
+pub mod signouts;
 pub mod socket;
 pub mod store;
 pub mod web;
@@ -76,6 +82,8 @@ struct Inner {
     pages: pages::Pages,
     settings: DemoSettings,
     sessions: store::Sessions,
+    revoker: revoke::Revoker,
+    signouts: signouts::SignOuts,
     /// The socket.io service at `/socket.io/`, set up once (with `demo.redis_url`, its
     /// adapter subscribed to the cluster).
     socket: Router<AppState>,
@@ -140,8 +148,27 @@ impl AppState {
             None => store::Sessions::Sqlite(sqlite_sessions(&settings).await?),
         };
         let socket = socket::router(&settings, assertion).await?;
+        // One connection (reconnecting by itself) for sign-outs: the gateways' stream and
+        // the record that ends the user's other web sessions.
+        let redis = match &settings.redis_url {
+            Some(url) => Some(
+                redis::Client::open(url.as_str())
+                    .map_err(|e| DemoError::Config(format!("demo.redis_url: {e}")))?
+                    .get_connection_manager()
+                    .await
+                    .map_err(|e| DemoError::Config(format!("demo.redis_url: sign-outs: {e}")))?,
+            ),
+            None => None,
+        };
+        let revoker = revoke::Revoker::new(&settings, redis.clone());
+        let signouts = match redis {
+            Some(conn) => signouts::SignOuts::Redis(conn),
+            None => signouts::SignOuts::Local(std::sync::Mutex::default()),
+        };
         Ok(AppState(Arc::new(Inner {
             socket,
+            revoker,
+            signouts,
             accounts: Arc::new(accounts),
             minter,
             pages: pages::Pages::new()?,
@@ -156,6 +183,14 @@ impl AppState {
 
     pub(crate) fn minter(&self) -> &mint::Minter {
         &self.0.minter
+    }
+
+    pub(crate) fn revoker(&self) -> &revoke::Revoker {
+        &self.0.revoker
+    }
+
+    pub(crate) fn signouts(&self) -> &signouts::SignOuts {
+        &self.0.signouts
     }
 
     pub(crate) fn pages(&self) -> &pages::Pages {
@@ -176,13 +211,15 @@ pub fn app(state: AppState) -> Router {
         .with_http_only(true)
         .with_same_site(SameSite::Lax)
         .with_secure(state.settings().secure_cookies)
-        .with_expiry(Expiry::OnInactivity(CookieDuration::hours(8)));
+        .with_expiry(Expiry::OnInactivity(CookieDuration::seconds(
+            i64::try_from(signouts::SESSION_LIFETIME.as_secs()).unwrap_or(i64::MAX),
+        )));
     Router::new()
         .route("/", get(web::home))
         .route("/login", get(web::login_get).post(web::login_post))
         .route("/getIoConnectionToken", get(web::io_token))
         .route("/private", get(web::private))
-        .route("/logout", get(web::logout))
+        .route("/logout", get(web::logout).post(web::logout))
         .layer(sessions)
         .route("/socket.io/socket.io.min.js", get(web::client_bundle))
         .route("/assets/private.js", get(web::private_js))

@@ -21,6 +21,14 @@ use crate::AppState;
 
 const USER_KEY: &str = "user";
 const CSRF_KEY: &str = "csrf";
+/// When the session signed in (unix milliseconds): a sign-out everywhere after it ends it.
+const SIGNED_IN_AT_KEY: &str = "signed_in_at";
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// Everything that can go wrong in a handler.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +59,13 @@ pub enum AppError {
     /// The password check could not run.
     #[error("password check: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// The record of sign-outs (Redis) failed.
+    #[error("{0}")]
+    SignOuts(#[from] crate::signouts::SignOutsError),
+    /// Signed out here, but the gateways were not told: the user's sockets stay open
+    /// until their tokens expire.
+    #[error("signed out here, but not everywhere: {0}")]
+    Revoke(#[from] crate::revoke::RevokeError),
 }
 
 impl IntoResponse for AppError {
@@ -72,10 +87,19 @@ impl IntoResponse for AppError {
                 resp
             }
             AppError::Csrf => (StatusCode::FORBIDDEN, self.to_string()).into_response(),
+            AppError::Revoke(_) => {
+                tracing::error!("{self}");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "signed out here, but your other sessions could not be signed out",
+                )
+                    .into_response()
+            }
             AppError::Session(_)
             | AppError::Template(_)
             | AppError::Mint(_)
-            | AppError::Join(_) => {
+            | AppError::Join(_)
+            | AppError::SignOuts(_) => {
                 tracing::error!("{self}");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
             }
@@ -83,13 +107,28 @@ impl IntoResponse for AppError {
     }
 }
 
-async fn signed_in(session: &Session) -> Result<Option<String>, AppError> {
-    Ok(session.get::<String>(USER_KEY).await?)
+/// The session's user, unless the user has signed out everywhere since this session
+/// signed in (then the session ends here).
+async fn signed_in(st: &AppState, session: &Session) -> Result<Option<String>, AppError> {
+    let Some(user) = session.get::<String>(USER_KEY).await? else {
+        return Ok(None);
+    };
+    let since = session.get::<u64>(SIGNED_IN_AT_KEY).await?.unwrap_or(0);
+    if st
+        .signouts()
+        .last(&user)
+        .await?
+        .is_some_and(|at| at >= since)
+    {
+        session.flush().await?;
+        return Ok(None);
+    }
+    Ok(Some(user))
 }
 
 /// `GET /`
 pub async fn home(State(st): State<AppState>, session: Session) -> Result<Html<String>, AppError> {
-    let user = signed_in(&session).await?;
+    let user = signed_in(&st, &session).await?;
     Ok(Html(st.pages().render("home.html", context! { user })?))
 }
 
@@ -123,6 +162,7 @@ async fn sign_in(session: &Session, user: &str) -> Result<Response, AppError> {
     session.cycle_id().await?;
     session.remove::<String>(CSRF_KEY).await?;
     session.insert(USER_KEY, user).await?;
+    session.insert(SIGNED_IN_AT_KEY, unix_ms()).await?;
     tracing::info!(user, "signed in");
     Ok(Redirect::to("/private").into_response())
 }
@@ -202,7 +242,9 @@ pub async fn login_post(
 
 /// `GET /getIoConnectionToken`: a fresh token as a JSON string (the original's route).
 pub async fn io_token(State(st): State<AppState>, session: Session) -> Result<Response, AppError> {
-    let user = signed_in(&session).await?.ok_or(AppError::NotSignedIn)?;
+    let user = signed_in(&st, &session)
+        .await?
+        .ok_or(AppError::NotSignedIn)?;
     let token = st.minter().mint(&user)?;
     let mut resp = axum::Json(token).into_response();
     resp.headers_mut()
@@ -212,7 +254,7 @@ pub async fn io_token(State(st): State<AppState>, session: Session) -> Result<Re
 
 /// `GET /private`: the signed-in page (signed-out visitors go to the login page).
 pub async fn private(State(st): State<AppState>, session: Session) -> Result<Response, AppError> {
-    match signed_in(&session).await? {
+    match signed_in(&st, &session).await? {
         Some(user) => {
             Ok(Html(st.pages().render("private.html", context! { user })?).into_response())
         }
@@ -220,9 +262,29 @@ pub async fn private(State(st): State<AppState>, session: Session) -> Result<Res
     }
 }
 
-/// `GET /logout`
-pub async fn logout(session: Session) -> Result<Redirect, AppError> {
+/// `GET /logout` (the header's link) and `POST /logout` (the signed-in page's "Sign out
+/// everywhere" button): ends the user's web sessions (this one, and those of other
+/// browsers at their next request) and revokes every token of the user issued before
+/// now, so that the gateways close the user's sockets on every page and instance
+/// (docs/demo.md).
+pub async fn logout(State(st): State<AppState>, session: Session) -> Result<Redirect, AppError> {
+    let user = signed_in(&st, &session).await?;
     session.flush().await?;
+    if let Some(user) = user {
+        st.signouts().record(&user, unix_ms()).await?;
+        let Some(issued_before) = st.revoker().revoke_user(&user).await? else {
+            tracing::info!(user, "signed out (no revocation file or stream configured)");
+            return Ok(Redirect::to("/"));
+        };
+        tracing::info!(user, "signed out everywhere");
+        // Tokens carry whole seconds: one minted before `issued_before` begins is revoked,
+        // so the answer waits for it (under a second), and a sign-in right after gets a
+        // token that works.
+        let starts = std::time::UNIX_EPOCH + std::time::Duration::from_secs(issued_before);
+        if let Ok(wait) = starts.duration_since(std::time::SystemTime::now()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
     Ok(Redirect::to("/"))
 }
 

@@ -13,6 +13,10 @@ use upstream_demo::config::DemoUser;
 use upstream_demo::{AppState, DemoSettings, app};
 
 async fn demo() -> Router {
+    demo_with(|_| {}).await
+}
+
+async fn demo_with(adjust: impl FnOnce(&mut DemoSettings)) -> Router {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let secret = dir.path().join("secret.key");
     std::fs::write(&secret, "web-test-secret-0123456789-abcdefghijklmnop\n")
@@ -23,7 +27,7 @@ async fn demo() -> Router {
     ))
     .unwrap_or_else(|e| panic!("{e}"));
     let hash = upstream_demo::accounts::hash_password("password").unwrap_or_else(|e| panic!("{e}"));
-    let settings = DemoSettings {
+    let mut settings = DemoSettings {
         users: vec![DemoUser {
             name: "gonzalo".into(),
             password_hash: hash,
@@ -32,6 +36,7 @@ async fn demo() -> Router {
         token_ttl: std::time::Duration::from_secs(60),
         ..DemoSettings::default()
     };
+    adjust(&mut settings);
     let state = AppState::new(settings)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -264,4 +269,122 @@ async fn the_client_bundle_is_served_locally_with_its_licence() {
         home.contains("/login") && !home.contains("http://cdn"),
         "{home}"
     );
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `/logout` revokes the user's tokens in the gateway's revocation file: the entry
+/// names the user as the gateway forwards it and covers every token minted so far, the
+/// file is replaced whole (no temporary file left beside it), concurrent sign-outs lose
+/// no entry, the user's session in another browser ends too, and a sign-in right after
+/// the answer mints a token the entry does not cover.
+#[tokio::test]
+async fn logout_revokes_the_users_tokens_in_the_revocation_file() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("revoked.json");
+    std::fs::write(&file, "[{\"jti\": \"someone-elses\"}]\n").unwrap_or_else(|e| panic!("{e}"));
+    let app = demo_with(|s| {
+        s.revocation_file = Some(file.clone());
+        s.users.push(DemoUser {
+            name: "alice".into(),
+            password_hash: s.users[0].password_hash.clone(),
+        });
+    })
+    .await;
+    let gonzalo = cookie_pair(
+        &set_cookie(&call(&app, basic("gonzalo", "password")).await).unwrap_or_default(),
+    );
+    // The same user in another browser.
+    let elsewhere = cookie_pair(
+        &set_cookie(&call(&app, basic("gonzalo", "password")).await).unwrap_or_default(),
+    );
+    let alice =
+        cookie_pair(&set_cookie(&call(&app, basic("alice", "password")).await).unwrap_or_default());
+    let before: Value = serde_json::from_str(
+        &body_text(call(&app, get("/getIoConnectionToken", Some(&gonzalo))).await).await,
+    )
+    .unwrap_or_default();
+    let token = before
+        .as_str()
+        .unwrap_or_else(|| panic!("no token: {before}"));
+    let payload = token.split('.').nth(1).unwrap_or_default();
+    let claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap_or_default())
+            .unwrap_or_default();
+    let iat = claims["iat"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no iat: {claims}"));
+
+    // Both sign out at once: the header link (GET) and the page's button (POST).
+    let post = Request::post("/logout")
+        .header(header::COOKIE, &alice)
+        .body(Body::empty())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (a, b) = tokio::join!(call(&app, get("/logout", Some(&gonzalo))), call(&app, post));
+    assert_eq!(a.status(), StatusCode::SEE_OTHER);
+    assert_eq!(b.status(), StatusCode::SEE_OTHER);
+    let answered = unix_now();
+
+    let entries: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap_or_default())
+            .unwrap_or_else(|e| panic!("not a JSON array: {e}"));
+    assert_eq!(entries.len(), 3, "{entries:?}");
+    assert_eq!(entries[0], serde_json::json!({"jti": "someone-elses"}));
+    let of = |user: &str| {
+        entries
+            .iter()
+            .find(|e| e["user"] == user)
+            .and_then(|e| e["issued_before"].as_u64())
+            .unwrap_or_else(|| panic!("no entry for {user}: {entries:?}"))
+    };
+    for user in ["gonzalo", "alice"] {
+        let at = of(user);
+        assert!(
+            iat < at,
+            "the token minted before sign-out (iat {iat}) is not covered by {at}"
+        );
+        assert!(
+            at <= answered,
+            "a token minted after the answer would be revoked: {at} > {answered}"
+        );
+    }
+    let stray: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .filter(|n| n != "revoked.json")
+        .collect();
+    assert!(stray.is_empty(), "temporary files left: {stray:?}");
+
+    // The other browser's web session ended too; signing in again works at once.
+    let resp = call(&app, get("/getIoConnectionToken", Some(&elsewhere))).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::FORBIDDEN,
+        "the other browser is still signed in"
+    );
+    // Signing out again replaces the user's entry instead of piling up entries.
+    let again = cookie_pair(
+        &set_cookie(&call(&app, basic("gonzalo", "password")).await).unwrap_or_default(),
+    );
+    let resp = call(&app, get("/getIoConnectionToken", Some(&again))).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "a sign-in after the sign-out"
+    );
+    call(&app, get("/logout", Some(&again))).await;
+    let entries: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap_or_default())
+            .unwrap_or_default();
+    assert_eq!(
+        entries.iter().filter(|e| e["user"] == "gonzalo").count(),
+        1,
+        "{entries:?}"
+    );
+    assert_eq!(entries.len(), 3, "{entries:?}");
 }
