@@ -236,6 +236,13 @@ impl Answer {
         }
     }
 
+    /// The same answer with its one more header set (then rendered for its request).
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.header = Some((name, value));
+        self.fixed_head = None;
+        self
+    }
+
     /// `400`: a request the gateway will not read one way while a server reads it
     /// another (framing, `Connection`, paths).
     pub fn bad_request(problem: &str) -> Self {

@@ -163,12 +163,10 @@ pub fn unknown_session(gw: &Gateway) -> Answer {
 }
 
 fn json(status: u16, body: serde_json::Value, outcome: Outcome) -> Answer {
-    Answer {
+    Answer::plain(
         status,
-        content_type: "application/json",
-        header: None,
-        body: Bytes::from(body.to_string()),
+        "application/json",
+        Bytes::from(body.to_string()),
         outcome,
-        socketio: None,
-    }
+    )
 }
