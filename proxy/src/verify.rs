@@ -188,9 +188,11 @@ fn check_claims(
     if exp.is_none() && rules.require_exp {
         return Err(NO_EXP);
     }
-    identity(rules, claims, [exp, nbf, iat]).map_err(|refused| match check_time(rules, exp, nbf, now) {
-        Err(time) => time,
-        Ok(()) => refused,
+    identity(rules, claims, [exp, nbf, iat]).map_err(|refused| {
+        match check_time(rules, exp, nbf, now) {
+            Err(time) => time,
+            Ok(()) => refused,
+        }
     })
 }
 
