@@ -24,7 +24,7 @@ use redis::{AsyncConnectionConfig, RedisResult, Value};
 
 use crate::config::ClusterSettings;
 use crate::gateway::{Gateway, now_secs};
-use crate::live_sockets::{LiveSockets, LiveToken, SessionKey};
+use crate::live_sockets::{LiveSockets, LiveToken, Refreshed, SessionKey};
 use crate::metrics::Metrics;
 use crate::refresh::Elsewhere;
 use crate::revocation::{Entry, Revocations};
@@ -322,7 +322,17 @@ impl ClusterService {
             jti: jti.map(|j| Arc::from(j.as_str())),
             iat: num("iat"),
         };
-        self.live.refresh(&session, &token, num("deadline"));
+        // Judged again by this gateway's own list: an entry may have reached it
+        // before the refresh did, or the gateway that passed it on may not know it.
+        if self
+            .live
+            .refresh(&session, &token, num("deadline"), &self.revocations)
+            == Refreshed::Revoked
+        {
+            tracing::info!(
+                "a refresh passed on by another gateway was refused: its token is revoked here"
+            );
+        }
     }
 }
 

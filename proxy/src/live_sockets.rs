@@ -148,6 +148,17 @@ pub struct LiveToken {
     pub iat: Option<f64>,
 }
 
+impl LiveToken {
+    /// What a revocation entry is matched against.
+    pub fn facts(&self) -> TokenFacts<'_> {
+        TokenFacts {
+            user: self.user.as_bytes(),
+            jti: self.jti.as_deref(),
+            iat: self.iat,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Socket {
     session: Option<SessionKey>,
@@ -187,6 +198,9 @@ pub enum Refreshed {
     /// Every WebSocket of the session now closes at the later of its deadline and the
     /// new one.
     Moved,
+    /// The refreshing token is revoked here: nothing changed (a refresh passed on by
+    /// another gateway is judged again by the list of the one holding the socket).
+    Revoked,
 }
 
 impl LiveSockets {
@@ -238,24 +252,32 @@ impl LiveSockets {
 
     /// Registers a tunnel that just opened: `token` from the decision, `session` from
     /// its open packet when the decision knew none. Logs when the registry is full.
+    /// A token revoked while its upgrade waited for the upstream's `101` (after its
+    /// decision, before this) is judged again here: the registration is revoked at once
+    /// and `revoked_now` says so, for the count.
     pub fn register(
         self: &Arc<Self>,
         token: Option<LiveToken>,
         session: Option<SessionKey>,
         deadline: Option<f64>,
-    ) -> Option<Registration> {
-        let mut token = token?;
+        revocations: &Revocations,
+    ) -> (Option<Registration>, bool) {
+        let Some(mut token) = token else {
+            return (None, false);
+        };
         if token.session.is_none() {
             token.session = session;
         }
+        let revoked = revocations.matches(&token.facts());
         let registration = self.open(token, deadline);
+        let revoked_now = revoked && registration.as_ref().is_some_and(|r| r.control.revoke());
         if registration.is_none() {
             tracing::warn!(
                 max = MAX_SOCKETS,
                 "too many open WebSockets to register: this one is neither refreshed nor revoked"
             );
         }
-        registration
+        (registration, revoked_now)
     }
 
     /// Whether a WebSocket of `session` is open here.
@@ -271,7 +293,11 @@ impl LiveSockets {
         session: &SessionKey,
         token: &LiveToken,
         deadline: Option<f64>,
+        revocations: &Revocations,
     ) -> Refreshed {
+        if revocations.matches(&token.facts()) {
+            return Refreshed::Revoked;
+        }
         let mut inner = self.lock();
         let Inner {
             sockets,
@@ -421,6 +447,7 @@ mod tests {
     #[test]
     fn a_refresh_moves_the_deadline_of_every_socket_of_the_session_never_earlier() {
         let live = Arc::new(LiveSockets::default());
+        let none = Revocations::new(None);
         let s = SessionKey::of(b"abc", None);
         let a = open(&live, token(Some(s), "alice", "j1"), 10.0);
         let b = open(&live, token(Some(s), "alice", "j1"), 12.0);
@@ -430,7 +457,7 @@ mod tests {
             10.0,
         );
         assert_eq!(
-            live.refresh(&s, &token(None, "alice", "j2"), Some(11.0)),
+            live.refresh(&s, &token(None, "alice", "j2"), Some(11.0), &none),
             Refreshed::Moved
         );
         assert_eq!(a.control.control(), Control::Until(Some(11.0)));
@@ -441,13 +468,13 @@ mod tests {
         );
         assert_eq!(other.control.control(), Control::Until(Some(10.0)));
         assert_eq!(
-            live.refresh(&s, &token(None, "bob", "j3"), Some(50.0)),
+            live.refresh(&s, &token(None, "bob", "j3"), Some(50.0), &none),
             Refreshed::OtherUser
         );
         assert_eq!(a.control.control(), Control::Until(Some(11.0)));
         let gone = SessionKey::of(b"gone", None);
         assert_eq!(
-            live.refresh(&gone, &token(None, "alice", "j2"), Some(50.0)),
+            live.refresh(&gone, &token(None, "alice", "j2"), Some(50.0), &none),
             Refreshed::NotHere
         );
     }
@@ -455,10 +482,11 @@ mod tests {
     #[test]
     fn a_revocation_closes_exactly_the_matching_sockets_by_their_latest_token() {
         let live = Arc::new(LiveSockets::default());
+        let none = Revocations::new(None);
         let s = SessionKey::of(b"abc", None);
         let a = open(&live, token(Some(s), "alice", "j1"), 10.0);
         let b = open(&live, token(None, "bob", "j9"), 10.0);
-        live.refresh(&s, &token(None, "alice", "j2"), Some(20.0));
+        live.refresh(&s, &token(None, "alice", "j2"), Some(20.0), &none);
         let r = Revocations::new(None);
         r.set_file(vec![Entry::Jti("j1".into())], 0.0);
         assert_eq!(live.close_revoked(&r), 0, "j1 was replaced by the refresh");
@@ -467,6 +495,33 @@ mod tests {
         assert_eq!(a.control.control(), Control::Revoked);
         assert_eq!(b.control.control(), Control::Until(Some(10.0)));
         assert_eq!(live.close_revoked(&r), 0, "counted once");
+    }
+
+    #[test]
+    fn a_revoked_token_neither_refreshes_nor_opens_a_live_socket() {
+        let live = Arc::new(LiveSockets::default());
+        let s = SessionKey::of(b"abc", None);
+        let r = Revocations::new(None);
+        r.set_file(vec![Entry::Jti("j2".into())], 0.0);
+        let a = open(&live, token(Some(s), "alice", "j1"), 10.0);
+        // A refresh passed on by another gateway, with a token revoked here.
+        assert_eq!(
+            live.refresh(&s, &token(None, "alice", "j2"), Some(50.0), &r),
+            Refreshed::Revoked
+        );
+        assert_eq!(a.control.control(), Control::Until(Some(10.0)));
+        // An upgrade whose token was revoked while it waited for its `101`.
+        let (late, revoked_now) =
+            live.register(Some(token(Some(s), "alice", "j2")), None, Some(50.0), &r);
+        assert!(revoked_now);
+        assert_eq!(late.map(|l| l.control.control()), Some(Control::Revoked));
+        let (fine, revoked_now) =
+            live.register(Some(token(Some(s), "alice", "j3")), None, Some(50.0), &r);
+        assert!(!revoked_now);
+        assert_eq!(
+            fine.map(|l| l.control.control()),
+            Some(Control::Until(Some(50.0)))
+        );
     }
 
     #[test]

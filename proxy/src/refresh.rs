@@ -107,8 +107,13 @@ pub fn decide(gw: &Gateway, req: &RequestHeader, query: &[u8], client: Option<Ip
         jti: verified.jti,
         iat: verified.iat,
     };
-    match gw.live().refresh(&key, &token, deadline) {
+    match gw.live().refresh(&key, &token, deadline, gw.revocations()) {
         Refreshed::Moved => Step::Done(extended(gw, verified.exp)),
+        Refreshed::Revoked => {
+            metrics.refreshes.rejected.inc();
+            let err = AuthError::new(ErrorCode::TokenRevoked, "the token has been revoked");
+            Step::Done(gw.refuse_plainly(client, err))
+        }
         // The sealed `sid` names the user; a socket of it is that user's.
         Refreshed::OtherUser => Step::Done(unknown_session(gw)),
         Refreshed::NotHere => Step::Elsewhere(Elsewhere {

@@ -77,10 +77,23 @@ impl Entry {
         Entry::from_raw(serde_json::from_slice(json)?)
     }
 
-    /// Parses a JSON array of entries (the revocation file).
-    pub fn parse_list(json: &[u8]) -> Result<Vec<Entry>, EntryError> {
-        let raw: Vec<RawEntry> = serde_json::from_slice(json)?;
-        raw.into_iter().map(Entry::from_raw).collect()
+    /// Parses a JSON array of entries (the revocation file): the entries, and the
+    /// position and problem of each element that is not one. One bad entry (a typo, a
+    /// member of another program's) is skipped alone, as in the stream: it must not
+    /// switch off every revocation written after it.
+    pub fn parse_list(json: &[u8]) -> Result<Listed, EntryError> {
+        let raw: Vec<serde_json::Value> = serde_json::from_slice(json)?;
+        let mut listed = Listed::default();
+        for (at, value) in raw.into_iter().enumerate() {
+            let entry = serde_json::from_value::<RawEntry>(value)
+                .map_err(EntryError::from)
+                .and_then(Entry::from_raw);
+            match entry {
+                Ok(entry) => listed.entries.push(entry),
+                Err(e) => listed.skipped.push((at, e)),
+            }
+        }
+        Ok(listed)
     }
 
     fn from_raw(raw: RawEntry) -> Result<Entry, EntryError> {
@@ -99,6 +112,15 @@ impl Entry {
             _ => Err(EntryError::Shape),
         }
     }
+}
+
+/// A revocation file's entries, and the elements skipped (position, problem).
+#[derive(Debug, Default)]
+pub struct Listed {
+    /// The entries.
+    pub entries: Vec<Entry>,
+    /// The elements that are not entries, with their position in the array.
+    pub skipped: Vec<(usize, EntryError)>,
 }
 
 /// What revocation needs to know of a token.
@@ -322,11 +344,29 @@ mod tests {
         }
         assert_eq!(
             Entry::parse_list(br#"[{"jti":"a"},{"issued_before":3}]"#)
-                .map(|l| l.len())
+                .map(|l| (l.entries.len(), l.skipped.len()))
                 .ok(),
-            Some(2)
+            Some((2, 0))
         );
-        assert!(Entry::parse_list(br#"[{"jti":"a"},{"bogus":3}]"#).is_err());
+        // One element that is not an entry is skipped alone: the entries after it
+        // still count.
+        let listed = Entry::parse_list(
+            br#"[{"jti":5},{"jti":"a","foo":1},{"user":"bob"},{"issued_before":"1"},{"user":"alice","issued_before":9}]"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            listed.entries,
+            vec![Entry::User {
+                user: b"alice".to_vec().into(),
+                before: 9.0
+            }]
+        );
+        let at: Vec<usize> = listed.skipped.iter().map(|(at, _)| *at).collect();
+        assert_eq!(at, vec![0, 1, 2, 3]);
+        assert!(
+            Entry::parse_list(br#"{"jti":"a"}"#).is_err(),
+            "not an array"
+        );
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! `auth.revocation_file` (docs/websockets.md, "Refresh and revocation"): a JSON array of
 //! revocation entries, re-read when it changes (rewritten in place or renamed over it,
-//! like `jwks_file`), within a second. A file that cannot be read or parsed keeps the
-//! last good list and logs an error; a missing file is an empty list (the issuer may
-//! create it on the first sign-out).
+//! like `jwks_file`), within a second. A file that cannot be read or is not a JSON
+//! array keeps the last good list and logs an error; an element of it that is not an
+//! entry is skipped alone, with an error naming its position; a missing file is an
+//! empty list (the issuer may create it on the first sign-out).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use crate::file_stamp::FileStamp;
 use crate::gateway::now_secs;
 use crate::live_sockets::LiveSockets;
 use crate::metrics::Metrics;
-use crate::revocation::{Entry, EntryError, MAX_FILE_BYTES, Revocations};
+use crate::revocation::{Entry, EntryError, Listed, MAX_FILE_BYTES, Revocations};
 
 /// How often the file's metadata is looked at.
 const EVERY: Duration = Duration::from_millis(250);
@@ -36,11 +37,11 @@ pub enum FileError {
     Entries(#[from] EntryError),
 }
 
-/// The file's entries (none when it does not exist).
-pub fn read(path: &Path) -> Result<Vec<Entry>, FileError> {
+/// The file's entries (none when it does not exist), and the elements skipped.
+pub fn read(path: &Path) -> Result<Listed, FileError> {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Listed::default()),
         Err(e) => return Err(e.into()),
     };
     let mut bytes = Vec::new();
@@ -58,13 +59,21 @@ pub fn initial(auth: &crate::config::AuthSettings) -> Revocations {
     let revocations = Revocations::new(horizon);
     if let Some(file) = &auth.revocation_file {
         match read(file) {
-            Ok(entries) => {
-                revocations.set_file(entries, now_secs());
+            Ok(listed) => {
+                log_skipped(file, &listed);
+                revocations.set_file(listed.entries, now_secs());
             }
             Err(e) => tracing::error!(file = %file.display(), "revocation list not read: {e}"),
         }
     }
     revocations
+}
+
+/// Logs each element of the file that is not an entry (its position and problem).
+fn log_skipped(file: &Path, listed: &Listed) {
+    for (at, e) in &listed.skipped {
+        tracing::error!(file = %file.display(), entry = at, "revocation entry ignored: {e}");
+    }
 }
 
 /// Applies a new list of entries: installs it, closes the open WebSockets it matches,
@@ -126,8 +135,10 @@ impl RevocationWatcher {
     fn load(&self) {
         let file = self.file.display().to_string();
         match read(&self.file) {
-            Ok(entries) => {
-                let (kept, closed) = apply(entries, &self.revocations, &self.live, &self.metrics);
+            Ok(listed) => {
+                log_skipped(&self.file, &listed);
+                let (kept, closed) =
+                    apply(listed.entries, &self.revocations, &self.live, &self.metrics);
                 tracing::info!(
                     file,
                     entries = kept,

@@ -172,9 +172,15 @@ async fn open(
         let now = crate::gateway::now_secs();
         Duration::from_secs_f64((at - now).max(0.0))
     });
-    let registration = gw
-        .live()
-        .register(forward.live.take(), session, forward.close_at);
+    let (registration, revoked_now) = gw.live().register(
+        forward.live.take(),
+        session,
+        forward.close_at,
+        gw.revocations(),
+    );
+    if revoked_now {
+        crate::revocation_file::count_closes(gw.metrics(), 1);
+    }
     Some(Opened {
         upstream,
         frames,

@@ -3,7 +3,8 @@
 //! lifetimes by refreshes on its `sid`; refused refreshes (another user, a bad token,
 //! an unknown session) leave its deadline alone; revocations from
 //! `auth.revocation_file` close exactly the matching sockets with 1008 within a second
-//! of the file's change and refuse their tokens; a broken file keeps the last good list.
+//! of the file's change and refuse their tokens; a broken file keeps the last good list,
+//! and an element that is not an entry is skipped alone.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -262,4 +263,24 @@ async fn a_broken_revocation_file_keeps_the_last_good_list() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(try_token("gone").await, 200);
+    // An element that is not an entry (a number for a jti, a member of another
+    // program's) is skipped alone: the entries after it still count.
+    write_list(
+        &file,
+        r#"[{"jti": 5}, {"jti": "kept", "note": "x"}, {"jti": "gone"}]"#,
+    );
+    gw.proc_.wait_for_line("revocation entry ignored").await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while try_token("gone").await != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "the entry after a bad one was not read"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        try_token("kept").await,
+        200,
+        "the bad element revoked nothing"
+    );
 }
