@@ -44,6 +44,17 @@ struct Idle {
     owner: Identity,
 }
 
+impl Idle {
+    /// The connection, when it was idle for less than `idle_for` and is still quiet
+    /// ([`quiet`]); else it is dropped.
+    fn usable(self, idle_for: Duration) -> Option<UpstreamStream> {
+        let Idle {
+            mut stream, since, ..
+        } = self;
+        (since.elapsed() < idle_for && quiet(&mut stream)).then_some(stream)
+    }
+}
+
 /// The idle connections of every server.
 #[derive(Debug)]
 pub struct Pool {
@@ -81,10 +92,7 @@ impl Pool {
                 list.remove(at)
             };
             // Checked and, when stale, dropped outside the lock.
-            let Idle {
-                mut stream, since, ..
-            } = idle;
-            if since.elapsed() < self.idle_for && quiet(&mut stream) {
+            if let Some(stream) = idle.usable(self.idle_for) {
                 return Some(stream);
             }
         }
@@ -160,13 +168,8 @@ impl Kept<'_> {
         if !identity.is_empty() {
             return self.pool.take(addr, identity);
         }
-        let (
-            at,
-            Idle {
-                mut stream, since, ..
-            },
-        ) = self.public.take()?;
-        (at == addr && since.elapsed() < self.pool.idle_for && quiet(&mut stream)).then_some(stream)
+        let (at, idle) = self.public.take()?;
+        idle.usable(self.pool.idle_for).filter(|_| at == addr)
     }
 
     /// Keeps a connection whose exchange (a request of `identity`) ended cleanly.

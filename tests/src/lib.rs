@@ -16,10 +16,13 @@
 //!   must follow (the framing and smuggling corpora).
 //! - [`tokens`]: minting test tokens with the fixture keys.
 //! - [`eio`]: Engine.IO v4 / socket.io v5 over polling and WebSocket.
+//! - [`live`]: tokens with a `jti`, joined WebSocket sessions and how they close
+//!   (refresh and revocation).
 
 pub mod bench;
 pub mod eio;
 pub mod http1;
+pub mod live;
 pub mod procs;
 pub mod raw_upstream;
 pub mod recorder;

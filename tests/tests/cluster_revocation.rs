@@ -10,10 +10,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tests::eio::{Recv, Ws};
+use tests::eio::Ws;
 use tests::http1;
+use tests::live::{alive, closed_within, open, token};
 use tests::procs::{Demo, Gateway, GatewayConfig, Proc, free_addr, wait_listening};
-use tests::tokens::{claims, hs256, now};
+use tests::tokens::now;
 
 fn redis(addr: SocketAddr) -> Proc {
     let mut cmd = Command::new("redis-server");
@@ -57,50 +58,6 @@ async fn start(demo: &Demo, redis: SocketAddr) -> (Gateway, SocketAddr) {
     let gw = Gateway::start(&config(demo, redis, metrics)).await;
     gw.proc_.wait_for_line("cluster Redis connected").await;
     (gw, metrics)
-}
-
-fn token(user: &str, ttl: u64, jti: &str) -> String {
-    let mut c = claims(user);
-    c["exp"] = json!(now() + ttl);
-    c["jti"] = json!(jti);
-    hs256(&c)
-}
-
-async fn open(addr: SocketAddr, token: &str) -> (Ws, String) {
-    let mut ws = Ws::connect(addr, &format!("token={token}"), &[])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let open = ws.expect().await;
-    let packet: Value = serde_json::from_str(open.trim_start_matches('0'))
-        .unwrap_or_else(|e| panic!("{e}: {open}"));
-    let sid = packet["sid"].as_str().unwrap_or_default().to_string();
-    assert!(ws.try_join().await.is_some(), "not joined: {:?}", ws.ended);
-    (ws, sid)
-}
-
-async fn closed_within(ws: &mut Ws, limit: Duration) -> Option<String> {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, ws.recv()).await {
-            Ok(Recv::Closed) => return Some(ws.ended.clone().unwrap_or_default()),
-            Ok(Recv::Text(_)) => {}
-            Err(_) => return None,
-        }
-    }
-}
-
-async fn alive(ws: &mut Ws, id: u32) -> bool {
-    ws.send(&format!("42{id}[\"echo\",{id}]")).await;
-    let want = format!("43{id}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-    while let Ok(r) = tokio::time::timeout_at(deadline, ws.recv()).await {
-        match r {
-            Recv::Text(t) if t.starts_with(&want) => return true,
-            Recv::Text(_) => {}
-            Recv::Closed => return false,
-        }
-    }
-    false
 }
 
 async fn connected(metrics: SocketAddr) -> Option<String> {

@@ -9,66 +9,18 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-use tests::eio::{Recv, Ws};
+use serde_json::json;
+use tests::eio::Ws;
 use tests::http1;
+use tests::live::{alive, closed_within, open, token};
 use tests::procs::{Demo, Gateway, GatewayConfig};
 use tests::tokens::{claims, hs256, now};
-
-/// A token of `user` valid for `ttl` seconds, with `jti`.
-fn token(user: &str, ttl: u64, jti: &str) -> String {
-    let mut c = claims(user);
-    c["exp"] = json!(now() + ttl);
-    c["jti"] = json!(jti);
-    hs256(&c)
-}
-
-/// A WebSocket-only session of `token`, joined; with the sealed `sid` it was given.
-async fn open(gw: &Gateway, token: &str) -> (Ws, String) {
-    let mut ws = Ws::connect(gw.addr, &format!("token={token}"), &[])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let open = ws.expect().await;
-    let packet: Value = serde_json::from_str(open.trim_start_matches('0'))
-        .unwrap_or_else(|e| panic!("{e}: {open}"));
-    let sid = packet["sid"].as_str().unwrap_or_default().to_string();
-    assert!(!sid.is_empty(), "{open}");
-    assert!(ws.try_join().await.is_some(), "not joined: {:?}", ws.ended);
-    (ws, sid)
-}
 
 /// `POST <refresh_path>?sid=<sid>` with `token` as a bearer token.
 async fn refresh(gw: &Gateway, sid: &str, token: &str) -> http1::Response {
     let auth = format!("Bearer {token}");
     let target = format!("/socket.io/refresh?sid={sid}");
     http1::request(gw.addr, "POST", &target, &[("Authorization", &auth)], b"").await
-}
-
-/// Whether the socket is still open: an echo comes back within a second.
-async fn alive(ws: &mut Ws, id: u32) -> bool {
-    ws.send(&format!("42{id}[\"echo\",{id}]")).await;
-    let want = format!("43{id}");
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while let Ok(r) = tokio::time::timeout_at(deadline.into(), ws.recv()).await {
-        match r {
-            Recv::Text(t) if t.starts_with(&want) => return true,
-            Recv::Text(_) => {}
-            Recv::Closed => return false,
-        }
-    }
-    false
-}
-
-/// Waits up to `limit` for the socket to close; returns how it closed.
-async fn closed_within(ws: &mut Ws, limit: Duration) -> Option<String> {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, ws.recv()).await {
-            Ok(Recv::Closed) => return Some(ws.ended.clone().unwrap_or_default()),
-            Ok(Recv::Text(_)) => {}
-            Err(_) => return None,
-        }
-    }
 }
 
 /// Writes the revocation file by rename, as an issuer would.
@@ -92,7 +44,7 @@ fn config(demo: &Demo, dir: &Path) -> GatewayConfig {
 async fn refreshes_keep_a_websocket_past_three_token_lifetimes() {
     let demo = Demo::start("25s").await;
     let gw = Gateway::start(&GatewayConfig::hs256(demo.addr)).await;
-    let (mut ws, sid) = open(&gw, &token("rae", 2, "r0")).await;
+    let (mut ws, sid) = open(gw.addr, &token("rae", 2, "r0")).await;
     let started = Instant::now();
     let mut n = 1;
     while started.elapsed() < Duration::from_secs(7) {
@@ -121,7 +73,7 @@ async fn refreshes_keep_a_websocket_past_three_token_lifetimes() {
 async fn refused_refreshes_leave_the_deadline_alone() {
     let demo = Demo::start("25s").await;
     let gw = Gateway::start(&GatewayConfig::hs256(demo.addr)).await;
-    let (mut ws, sid) = open(&gw, &token("sam", 3, "s0")).await;
+    let (mut ws, sid) = open(gw.addr, &token("sam", 3, "s0")).await;
     let opened = Instant::now();
     let other = refresh(&gw, &sid, &token("tom", 60, "t1")).await;
     assert_eq!(other.status, 403, "{}", other.text());
@@ -133,7 +85,7 @@ async fn refused_refreshes_leave_the_deadline_alone() {
     assert_eq!(bad.status, 401, "{}", bad.text());
     assert_eq!(bad.json()["error"], "invalid_signature");
     let (_, gone_sid) = {
-        let (w, s) = open(&gw, &token("sam", 60, "s9")).await;
+        let (w, s) = open(gw.addr, &token("sam", 60, "s9")).await;
         drop(w);
         ((), s)
     };
@@ -166,9 +118,9 @@ async fn revocations_close_exactly_the_matching_sockets_within_a_second() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let file = dir.path().join("revoked.json");
     let gw = Gateway::start(&config(&demo, dir.path())).await;
-    let (mut a1, _) = open(&gw, &token("ann", 300, "a1")).await;
-    let (mut a2, a2_sid) = open(&gw, &token("ann", 300, "a2")).await;
-    let (mut bob, _) = open(&gw, &token("bob", 300, "b1")).await;
+    let (mut a1, _) = open(gw.addr, &token("ann", 300, "a1")).await;
+    let (mut a2, a2_sid) = open(gw.addr, &token("ann", 300, "a2")).await;
+    let (mut bob, _) = open(gw.addr, &token("bob", 300, "b1")).await;
     // a2 is refreshed with a token whose jti is then revoked: its latest token counts.
     let r = refresh(&gw, &a2_sid, &token("ann", 300, "a2-new")).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -212,7 +164,7 @@ async fn revocations_close_exactly_the_matching_sockets_within_a_second() {
     // A token of bob's issued later is not revoked.
     let mut later = claims("bob");
     later["iat"] = json!(now() + 2);
-    let (mut fresh, _) = open(&gw, &hs256(&later)).await;
+    let (mut fresh, _) = open(gw.addr, &hs256(&later)).await;
     assert!(alive(&mut fresh, 3).await);
     let poll = http1::get(
         gw.addr,
